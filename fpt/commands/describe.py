@@ -1,0 +1,36 @@
+"""`fpt describe`: each parameter group's total and trainable counts for a backbone and task."""
+from __future__ import annotations
+
+import argparse
+
+from fpt.commands.train import add_config_flags, config_from_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("describe", help="print parameter groups and what trains", description=__doc__)
+    p.add_argument("--config", "-c", help="YAML file of config keys; flags override it")
+    add_config_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpt.backbones import load_backbone
+    from fpt.model import apply_trainable, build_fpt, count_parameters, format_counts
+    from fpt.tasks import build_task
+
+    cfg = config_from_args(args)
+    task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+    backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout, seed=cfg.seed)
+    model = build_fpt(backbone, task.spec)
+    apply_trainable(model, cfg.train)
+    spec = task.spec
+    print(f"backbone {cfg.backbone} ({backbone.arch.model_type}, {backbone.num_layers} layers x "
+          f"{backbone.width}, init {cfg.init}) from {backbone.source}")
+    shape = (f"{spec.seq_len} tokens of width {spec.token_dim}" if spec.input_kind == "continuous"
+             else f"up to {spec.seq_len} tokens from a vocabulary of {spec.vocab_size}")
+    print(f"task {spec.name}: {shape}; output read from the last {spec.output_tokens} token(s), "
+          f"{spec.num_targets} target(s) x {spec.num_classes} classes")
+    print(f"training: {', '.join(cfg.train)}")
+    print(format_counts(count_parameters(model),
+                        note="positions: only the rows the task's sequence length uses count as trainable"))
+    return 0

@@ -1,0 +1,157 @@
+"""One validated, frozen config for a training run: YAML file, then CLI flags, then code.
+
+Unknown keys and wrong types raise. The resolved config is written beside a
+run's outputs (`RUN_DIR/config.yaml`), so every result says how it was made.
+CLI flags are generated from the fields below, so a new field is a new flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fpt.backbones.architectures import FPT_GROUPS
+from fpt.errors import FPTError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Paper defaults unless noted."""
+
+    task: str = "bit-xor"
+    backbone: str = "minilm"  # a registry name or a local Hugging Face checkpoint folder
+    init: str = "pretrained"  # pretrained | random | stats
+    train: tuple[str, ...] = FPT_GROUPS  # parameter groups that learn ("fpt", "all", or a list)
+    steps: int = 2000  # gradient steps
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    dropout: float = 0.1
+    eval_every: int = 200  # steps between evaluations (and checkpoints)
+    eval_batch_size: int = 256
+    early_stop: float | None = None  # stop once validation accuracy reaches this (e.g. 1.0)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer state stay fp32)
+    attn_implementation: str = "sdpa"  # sdpa | eager
+    patch_size: int | None = None  # None: the task's default
+    task_options: dict = field(default_factory=dict)  # task-specific options
+    data_dir: str | None = None  # else $FPT_DATA, else ./data
+    run_dir: str | None = None  # None: runs/<task>-<backbone>-<init>-seed<seed>
+
+    def __post_init__(self):
+        from fpt.backbones import INITS
+        from fpt.model import parse_groups
+
+        object.__setattr__(self, "train", parse_groups(self.train))
+        if self.init not in INITS:
+            raise FPTError(f"unknown init {self.init!r}; choose from: {', '.join(INITS)}")
+        if self.precision not in PRECISIONS:
+            raise FPTError(f"unknown precision {self.precision!r}; choose from: {', '.join(PRECISIONS)}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise FPTError(f"unknown attn_implementation {self.attn_implementation!r}; choose sdpa or eager")
+        for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise FPTError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.dropout < 1:
+            raise FPTError("lr must be > 0, weight_decay and grad_clip >= 0, dropout in [0, 1)")
+        if self.patch_size is not None and self.patch_size <= 0:
+            raise FPTError(f"patch_size must be positive, got {self.patch_size}")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        name = Path(self.backbone).name if "/" in self.backbone else self.backbone
+        return Path("runs") / f"{self.task}-{name}-{self.init}-seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"] = list(self.train)
+        return d
+
+    def replace(self, **changes) -> "TrainConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check (and, for strings from the CLI, convert) one value against its field's type."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise FPTError(f"config key {name!r} cannot be empty")
+    for option in options:
+        if option is type(None):
+            continue
+        base = typing.get_origin(option) or option
+        if base is tuple:
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            if isinstance(value, str):
+                return value  # parsed by __post_init__
+            continue
+        if base is dict:
+            if isinstance(value, dict):
+                return value
+            if isinstance(value, str):
+                parsed = yaml.safe_load(value)
+                if isinstance(parsed, dict):
+                    return parsed
+            continue
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if isinstance(value, str) and base in (int, float):
+            try:
+                return base(float(value)) if base is int and float(value).is_integer() else base(value)
+            except ValueError:
+                continue
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+    raise FPTError(f"config key {name!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise FPTError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return TrainConfig(**{k: _coerce(k, v, known[k].type) for k, v in values.items()})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FPTError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FPTError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise FPTError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return data
+
+
+def resolve(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (if any), then overrides (CLI flags), into one validated config."""
+    values = load_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(values)
+
+
+def save_yaml(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

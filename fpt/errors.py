@@ -1,0 +1,9 @@
+"""One exception type for every user-facing failure.
+
+The CLI catches `FPTError` and prints its message as a single line with a
+non-zero exit, so bad input never surfaces as a traceback.
+"""
+
+
+class FPTError(Exception):
+    """A user-facing error: the message is one line that says what to fix."""

@@ -1,0 +1,191 @@
+"""The FPT model: input layer -> (frozen) transformer body -> output layer.
+
+Layer sizes are derived from the task spec and the backbone's width, never
+configured. What trains is decided in one place, `apply_trainable`, from the
+parameter groups that `parameter_groups` assigns by visiting modules.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fpt.backbones import Backbone
+from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body
+from fpt.errors import FPTError
+from fpt.tasks.base import TaskSpec
+
+INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input layer
+
+
+class HFBody(nn.Module):
+    """Runs a Hugging Face base model on embeddings we provide (its token embedding is unused)."""
+
+    def __init__(self, backbone: Backbone, seq_len: int):
+        super().__init__()
+        self.model = backbone.model
+        self.arch = backbone.arch
+        self.width = backbone.width
+        _fit_positions(self.model, self.arch, seq_len)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = h.shape
+        kwargs = {"position_ids": torch.arange(t, device=h.device).unsqueeze(0)}
+        if "token_type_ids" in self.arch.extra_forward_kwargs:
+            kwargs["token_type_ids"] = torch.zeros(1, t, dtype=torch.long, device=h.device).expand(b, t)
+        out = self.model(inputs_embeds=h, attention_mask=mask, use_cache=False, **kwargs)
+        return out.last_hidden_state  # (B, T, D)
+
+
+@torch.no_grad()
+def _fit_positions(model: nn.Module, arch, seq_len: int) -> None:
+    """Grow a learned position table that is shorter than the task's sequences.
+
+    NOTE: MiniLM has 512 positions and GPT-2 1024, but CIFAR-10 LRA needs 1024 and
+    ListOps up to 2000. Like Longformer, we tile the pretrained rows to the new
+    length; the positions group is trained in FPT anyway.
+    """
+    for path in arch.positions:
+        old = model.get_submodule(path)
+        if old.num_embeddings >= seq_len:
+            continue
+        new = nn.Embedding(seq_len, old.embedding_dim).to(old.weight.device, old.weight.dtype)
+        reps = math.ceil(seq_len / old.num_embeddings)
+        new.weight.copy_(old.weight.repeat(reps, 1)[:seq_len])
+        parent_path, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
+        model.config.max_position_embeddings = seq_len
+        if hasattr(model.config, "n_positions"):
+            model.config.n_positions = seq_len
+
+
+class FPT(nn.Module):
+    """input_layer -> body -> output_layer, read from the last `output_tokens` real tokens."""
+
+    def __init__(self, body: nn.Module, spec: TaskSpec, width: int):
+        super().__init__()
+        self.spec = spec
+        if spec.input_kind == "tokens":
+            self.input_layer = nn.Embedding(spec.vocab_size, width)
+        else:
+            self.input_layer = nn.Linear(spec.token_dim, width)
+            nn.init.orthogonal_(self.input_layer.weight, gain=INPUT_INIT_GAIN)
+            nn.init.zeros_(self.input_layer.bias)
+        self.body = body
+        self.output_layer = nn.Linear(width, spec.targets_per_token * spec.num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, token_dim) or (B, T) ids -> logits (B, num_targets, num_classes)."""
+        h = self.input_layer(x)  # (B, T, D)
+        b, t, _ = h.shape
+        mask = None
+        if lengths is not None:
+            mask = (torch.arange(t, device=h.device).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (B, T)
+        h = self.body(h, mask)  # (B, T, D)
+        k = self.spec.output_tokens
+        if lengths is None:
+            h = h[:, t - k:]  # (B, K, D)
+        else:
+            # NOTE: read the last *real* tokens, not whatever padding comes last.
+            idx = (lengths.unsqueeze(1) - k + torch.arange(k, device=h.device)).clamp(min=0)  # (B, K)
+            h = torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, K, D)
+        logits = self.output_layer(h)  # (B, K, P * C)
+        return logits.reshape(b, self.spec.num_targets, self.spec.num_classes)
+
+
+def build_fpt(backbone: Backbone, spec: TaskSpec) -> FPT:
+    return FPT(HFBody(backbone, spec.seq_len), spec, backbone.width)
+
+
+def parameter_groups(model: FPT) -> dict[str, str]:
+    """Every parameter name of `model` -> its group (one of GROUPS)."""
+    groups = {f"input_layer.{n}": "input" for n, _ in model.input_layer.named_parameters()}
+    groups.update({f"output_layer.{n}": "output" for n, _ in model.output_layer.named_parameters()})
+    body = model.body
+    if isinstance(body, HFBody):
+        groups.update({f"body.model.{n}": g for n, g in classify_body(body.model, body.arch).items()})
+    else:
+        groups.update({f"body.{n}": g for n, g in body.parameter_groups().items()})
+    missing = {n for n, _ in model.named_parameters()} - set(groups)
+    if missing:
+        raise FPTError(f"parameters without an FPT group: {sorted(missing)[:3]}")
+    return groups
+
+
+def parse_groups(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'input,output' | 'fpt' | 'all' | 'none' -> a validated tuple of trainable groups."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if name in ("", "none"):
+            continue
+        if name == "fpt":
+            out += FPT_GROUPS
+        elif name == "all":
+            out += TRAINABLE_GROUPS
+        elif name in TRAINABLE_GROUPS:
+            out.append(name)
+        else:
+            raise FPTError(f"unknown parameter group {name!r}; choose from: "
+                           f"{', '.join(TRAINABLE_GROUPS)} (or fpt, all)")
+    return tuple(g for g in TRAINABLE_GROUPS if g in out)  # canonical order, no repeats
+
+
+def apply_trainable(model: FPT, train: tuple[str, ...]) -> dict[str, str]:
+    """Freeze every parameter whose group is not in `train`; the only place that decides."""
+    groups = parameter_groups(model)
+    params = dict(model.named_parameters())
+    for name, group in groups.items():
+        params[name].requires_grad_(group in train)
+    return groups
+
+
+@dataclass(frozen=True)
+class GroupCount:
+    group: str
+    total: int
+    trainable: int
+
+
+def count_parameters(model: FPT) -> list[GroupCount]:
+    """Total and trainable parameters per group.
+
+    NOTE: only the first `seq_len` rows of a position table receive gradients, so
+    only those count as trainable: the rest never change (Adam, no weight decay).
+    """
+    groups = parameter_groups(model)
+    totals = {g: 0 for g in GROUPS}
+    trainable = {g: 0 for g in GROUPS}
+    for name, p in model.named_parameters():
+        g = groups[name]
+        totals[g] += p.numel()
+        if p.requires_grad:
+            used = p.numel()
+            if g == "positions" and p.dim() == 2 and p.shape[0] > model.spec.seq_len:
+                used = model.spec.seq_len * p.shape[1]
+            trainable[g] += used
+    return [GroupCount(g, totals[g], trainable[g]) for g in GROUPS]
+
+
+def summarize_counts(counts: list[GroupCount]) -> dict:
+    total = sum(c.total for c in counts)
+    trainable = sum(c.trainable for c in counts)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_pct": 100.0 * trainable / max(total, 1),
+            "groups": {c.group: {"total": c.total, "trainable": c.trainable} for c in counts}}
+
+
+def format_counts(counts: list[GroupCount], *, note: str = "") -> str:
+    """A printable table, like PEFT's print_trainable_parameters but per group."""
+    lines = [f"{'group':<12} {'total':>14} {'trainable':>14}"]
+    for c in counts:
+        lines.append(f"{c.group:<12} {c.total:>14,} {c.trainable:>14,}")
+    s = summarize_counts(counts)
+    lines.append(f"{'all':<12} {s['total_params']:>14,} {s['trainable_params']:>14,}"
+                 f"   ({s['trainable_pct']:.3f}% trainable)")
+    if note:
+        lines.append(note)
+    return "\n".join(lines)

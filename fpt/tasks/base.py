@@ -1,0 +1,125 @@
+"""The task interface: a spec (sizes the model is built from) and in-memory data.
+
+A task is a registered factory `(options) -> Task`. `Task.spec` says everything
+the model needs (token width or vocabulary, sequence length, classes, how many
+tokens the output is read from); `Task.load` returns a `TaskData` holding every
+split as tensors, which assembles training batches itself (vectorised, seeded
+by the generator it is given) so the training loop never touches samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from fpt.errors import FPTError
+from fpt.registry import Registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Sizes the FPT model is derived from; nothing here is configured twice."""
+
+    name: str
+    input_kind: str  # "continuous": tokens are vectors of `token_dim`; "tokens": ids < `vocab_size`
+    seq_len: int  # (maximum) number of tokens
+    num_classes: int  # classes of each target
+    token_dim: int = 0  # width of one continuous token (a patch of values)
+    vocab_size: int = 0  # size of the discrete vocabulary, id 0 is padding
+    output_tokens: int = 1  # the output is read from the last `output_tokens` real tokens
+    targets_per_token: int = 1  # each read token predicts this many targets
+    padded: bool = False  # variable-length sequences, padded at the end and masked
+
+    @property
+    def num_targets(self) -> int:
+        return self.output_tokens * self.targets_per_token
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T, token_dim) float, or (B, T) long ids
+    y: torch.Tensor  # (B, num_targets) long
+    lengths: torch.Tensor | None = None  # (B,) real tokens per row when padded
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.x), move(self.y), move(self.lengths))
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+
+class TaskData:
+    """Every split of one task, in memory. Subclasses override `train_batch` to augment or generate."""
+
+    def __init__(self, spec: TaskSpec, splits: dict[str, Batch], *, train_split: str = "train"):
+        self.spec = spec
+        self.splits = splits
+        self.train_split = train_split
+
+    @property
+    def eval_splits(self) -> list[str]:
+        return [s for s in self.splits if s != self.train_split]
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        data = self.splits[self.train_split]
+        idx = torch.randint(len(data), (batch_size,), generator=generator)
+        return Batch(data.x[idx], data.y[idx], None if data.lengths is None else data.lengths[idx])
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        if split not in self.splits:
+            raise FPTError(f"task {self.spec.name!r} has no split {split!r}; it has: {', '.join(self.splits)}")
+        data = self.splits[split]
+        for i in range(0, len(data), batch_size):
+            s = slice(i, i + batch_size)
+            yield Batch(data.x[s], data.y[s], None if data.lengths is None else data.lengths[s])
+
+
+class Task:
+    """A registered task. Subclasses set `spec` in `__init__` and implement `load`."""
+
+    spec: TaskSpec
+    #: Options this task accepts (from the config's `task_options`), with defaults.
+    options: dict = {}
+
+    def __init__(self, **options):
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise FPTError(f"task {type(self).__name__} got unknown option(s) {sorted(unknown)}; "
+                           f"it accepts: {sorted(self.options) or 'none'}")
+        self.opts = {**self.options, **options}
+
+    def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
+        raise NotImplementedError
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
+    """Instantiate the registered task `name` with its options."""
+    cls = TASKS.get(name)
+    if patch_size is not None:
+        if "patch_size" not in cls.options:
+            raise FPTError(f"task {name!r} has no patch size to set")
+        options["patch_size"] = patch_size
+    return cls(**options)
+
+
+def patchify_sequence(x: torch.Tensor, patch: int, *, what: str) -> torch.Tensor:
+    """(B, N) -> (B, N / patch, patch); the patch must divide N."""
+    n = x.shape[-1]
+    if patch <= 0 or n % patch:
+        raise FPTError(f"patch size {patch} does not divide the {n} values of {what}")
+    return x.reshape(*x.shape[:-1], n // patch, patch)
+
+
+def patchify_images(x: torch.Tensor, patch: int, *, what: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p), patches in row-major order; p must divide H and W."""
+    b, c, h, w = x.shape
+    if patch <= 0 or h % patch or w % patch:
+        raise FPTError(f"patch size {patch} does not divide the {h}x{w} images of {what}")
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)  # (B, C, H/p, p, W/p, p)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)

@@ -1,0 +1,289 @@
+"""The training loop: build from a config, train, evaluate, checkpoint, resume.
+
+One run writes into its run directory:
+  config.yaml     the resolved config
+  metrics.jsonl   one record per evaluation (train loss/accuracy since the last one, val and test)
+  checkpoint.pt   trainable weights, optimizer and every RNG state (for --resume)
+  result.json     the final record (see `_result`)
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fpt.backbones import Backbone, load_backbone
+from fpt.config import TrainConfig, save_yaml
+from fpt.errors import FPTError
+from fpt.model import FPT, apply_trainable, build_fpt, count_parameters, summarize_counts
+from fpt.tasks import TaskData, build_task
+from fpt.utils import (device_name, pick_device, seed_everything, torch_save_atomic, versions,
+                       write_json_atomic)
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+METRICS = "metrics.jsonl"
+# Config keys a resumed run may change: they do not alter what was already computed.
+RESUMABLE_CHANGES = {"steps", "early_stop", "device", "run_dir", "eval_batch_size", "data_dir"}
+
+
+@dataclass
+class Experiment:
+    """Everything built from one config, before training."""
+
+    cfg: TrainConfig
+    data: TaskData
+    backbone: Backbone
+    model: FPT
+    device: torch.device
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def build_experiment(cfg: TrainConfig) -> Experiment:
+    """Task data, backbone and FPT model for `cfg`, with exactly `cfg.train` learning."""
+    seed_everything(cfg.seed)
+    task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+    data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
+    backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout,
+                             attn_implementation=cfg.attn_implementation, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # the new layers' init does not depend on how the body was built
+    model = build_fpt(backbone, data.spec)
+    apply_trainable(model, cfg.train)
+    device = pick_device(cfg.device)
+    return Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over every target, and the number of targets predicted right."""
+    logits = logits.float()  # (B, N, C)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    correct = (logits.argmax(-1) == y).sum()
+    return loss, correct
+
+
+@torch.inference_mode()
+def evaluate(exp: Experiment, split: str) -> dict[str, float]:
+    """Accuracy and loss over the whole split, in eval mode."""
+    model, cfg = exp.model, exp.cfg
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, targets = 0.0, 0, 0
+    for batch in exp.data.eval_batches(split, cfg.eval_batch_size):
+        batch = batch.to(exp.device)
+        with _autocast(cfg, exp.device):
+            logits = model(batch.x, batch.lengths)
+        loss, right = loss_and_correct(logits, batch.y)
+        loss_sum += loss.item() * batch.y.numel()
+        correct += int(right)
+        targets += batch.y.numel()
+    model.train(was_training)
+    return {"accuracy": correct / max(targets, 1), "loss": loss_sum / max(targets, 1)}
+
+
+class _Progress:
+    """A tqdm bar on stderr (a plain line per evaluation when stderr is not a terminal)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
+                            mininterval=1.0, disable=None, leave=False)
+        self.enabled = enabled
+
+    def update(self, n: int, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, line: str):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": gen.get_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    run_dir = cfg.resolved_run_dir
+    if resume:
+        if not (run_dir / CHECKPOINT).exists():
+            raise FPTError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT}")
+        return run_dir
+    if run_dir.exists() and any((run_dir / f).exists() for f in (CHECKPOINT, RESULT, METRICS)):
+        raise FPTError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
+                       f"or --run-dir for a new one (nothing was overwritten)")
+    return run_dir
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise FPTError(f"cannot resume: the config differs from the checkpoint's in {', '.join(changed)}")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train one run to `cfg.steps` (or early stop) and return its result record."""
+    run_dir = _prepare_run_dir(cfg, resume)
+    exp = build_experiment(cfg)  # before any file is written: bad input leaves nothing behind
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, device = exp.model, exp.device
+    optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
+    weights_sha = exp.backbone.weights_sha256()
+    counts = summarize_counts(count_parameters(model))
+    state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
+             "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
+
+    if resume:
+        ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        _check_resumable(ckpt["config"], cfg)
+        if ckpt["weights_sha256"] != weights_sha:
+            raise FPTError("cannot resume: the frozen backbone weights differ from the checkpoint's")
+        model.load_state_dict(ckpt["trainable"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"], gen)
+        state.update(ckpt["state"])
+        _truncate_metrics(run_dir / METRICS, state["step"])
+    save_yaml(cfg, run_dir / "config.yaml")
+
+    bar = _Progress(cfg.steps, state["step"], progress)
+    bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
+              f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
+              f"({counts['trainable_pct']:.3f}%) on {device_name(device)} -> {run_dir}")
+    model.train()
+    started = time.perf_counter() - state["elapsed"]
+    status = "finished"
+    try:
+        while state["step"] < cfg.steps:
+            batch = exp.data.train_batch(cfg.batch_size, gen).to(device, non_blocking=True)
+            with _autocast(cfg, device):
+                logits = model(batch.x, batch.lengths)
+            loss, correct = loss_and_correct(logits, batch.y)
+            if not torch.isfinite(loss):
+                status = "diverged"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(exp.trainable, cfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            state["run_loss"] += loss.item() * batch.y.numel()
+            state["run_correct"] += int(correct)
+            state["run_targets"] += batch.y.numel()
+            bar.update(1, loss=f"{loss.item():.4f}")
+            if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+                record = _evaluate_and_log(exp, state, run_dir, started)
+                bar.write(f"step {record['step']:>7}  loss {record['train_loss']:.4f}  "
+                          f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}  "
+                          f"test {record['test_accuracy']:.4f}  ({record['elapsed_s']:.0f}s)")
+                torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
+                                   "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
+                                                 if p.requires_grad},
+                                   "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
+                                   "state": dict(state)}, run_dir / CHECKPOINT)
+                if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
+                    status = "early_stopped"
+                    break
+    finally:
+        bar.close()
+
+    result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
+    write_json_atomic(run_dir / RESULT, result)
+    if status == "diverged":
+        last = state["last"] or {}
+        raise FPTError(f"run diverged at step {state['step'] + 1} (non-finite loss); last good test accuracy "
+                       f"{last.get('test_accuracy', float('nan')):.4f} is recorded in {run_dir / RESULT}")
+    return result
+
+
+def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: float) -> dict:
+    val = evaluate(exp, "val") if "val" in exp.data.splits else None
+    test = evaluate(exp, "test")
+    targets = max(state["run_targets"], 1)
+    record = {"step": state["step"], "train_loss": state["run_loss"] / targets,
+              "train_accuracy": state["run_correct"] / targets,
+              "val_accuracy": (val or test)["accuracy"], "val_loss": (val or test)["loss"],
+              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+              "elapsed_s": round(time.perf_counter() - started, 3)}
+    state.update(run_loss=0.0, run_correct=0, run_targets=0, last=record, elapsed=record["elapsed_s"])
+    if record["val_accuracy"] > state["best_val"]:
+        state.update(best_val=record["val_accuracy"], best_step=record["step"],
+                     test_at_best=record["test_accuracy"])
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint we resume from (a kill between the two)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status: str, wall: float,
+            run_dir: Path) -> dict:
+    cfg = exp.cfg
+    last = state["last"] or {}
+    return {
+        "task": cfg.task, "backbone": cfg.backbone, "init": cfg.init, "train": list(cfg.train),
+        "status": status, "seed": cfg.seed, "steps": state["step"],
+        "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
+        "trainable_pct": round(counts["trainable_pct"], 4),
+        "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
+        "val_accuracy": last.get("val_accuracy"), "test_accuracy": last.get("test_accuracy"),
+        "test_loss": last.get("test_loss"),
+        "best_val_accuracy": state["best_val"] if state["best_val"] >= 0 else None,
+        "best_step": state["best_step"], "test_accuracy_at_best_val": state["test_at_best"],
+        "wall_time_s": round(wall, 2), "device": device_name(exp.device),
+        "backbone_source": exp.backbone.source, "weights_sha256": weights_sha,
+        "param_groups": counts["groups"], "versions": versions(), "config": cfg.to_dict(),
+        "run_dir": str(run_dir),
+    }
+
+
+def result_is_finite(result: dict) -> bool:
+    acc = result.get("test_accuracy")
+    return acc is not None and math.isfinite(acc)

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random checkpoints of every supported architecture, saved to disk.
+
+They go through the same `from_pretrained(folder)` path as real weights, so the
+GPT-2 code path is tested here although GPT-2's weights cannot be downloaded.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_CONFIGS = {
+    # initializer_range 0.1 (not 0.02): a model this small needs larger random weights for its
+    # frozen attention to single out positions at all.
+    "gpt2": dict(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=100, initializer_range=0.1,
+                 bos_token_id=0, eos_token_id=0),
+    "bert": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                 max_position_embeddings=64, vocab_size=100, initializer_range=0.1),
+}
+
+
+def save_tiny_checkpoint(model_type: str, folder) -> str:
+    from transformers import AutoModel, BertConfig, GPT2Config
+
+    config_cls = {"gpt2": GPT2Config, "bert": BertConfig}[model_type]
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config_cls(**TINY_CONFIGS[model_type]))
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory) -> dict[str, str]:
+    """model_type -> folder of a tiny random checkpoint."""
+    return {t: save_tiny_checkpoint(t, tmp_path_factory.mktemp(f"tiny-{t}")) for t in TINY_CONFIGS}
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def tiny_backbone(request, tiny_backbones) -> str:
+    return tiny_backbones[request.param]

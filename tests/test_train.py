@@ -1,0 +1,102 @@
+"""The training loop: learning end to end, result files, resume equivalence, divergence."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fpt.config import TrainConfig
+from fpt.errors import FPTError
+from fpt.train import train
+
+
+def _cfg(backbone, tmp_path, **kw):
+    base = dict(task="bit-xor", backbone=backbone, init="pretrained", steps=8, batch_size=8, eval_every=4,
+                run_dir=str(tmp_path / "run"))
+    return TrainConfig(**{**base, **kw})
+
+
+def test_tiny_random_gpt2_learns_bit_xor(tiny_backbones, tmp_path):
+    """A random-weight GPT-2 saved to a folder and loaded back learns Bit XOR with FPT's groups."""
+    cfg = _cfg(tiny_backbones["gpt2"], tmp_path, steps=600, batch_size=32, eval_every=100, lr=3e-3,
+               early_stop=1.0)
+    result = train(cfg, progress=False)
+    assert result["test_accuracy"] == 1.0
+    assert result["backbone_source"] == tiny_backbones["gpt2"]
+
+
+def test_result_and_metrics_files(tiny_backbones, tmp_path):
+    result = train(_cfg(tiny_backbones["bert"], tmp_path), progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "result.json").read_text()) == result
+    for key in ("task", "backbone", "init", "train", "trainable_params", "total_params", "steps", "seed",
+                "wall_time_s", "train_accuracy", "test_accuracy"):
+        assert result[key] is not None, key
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8]
+    assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("init", ["pretrained", "random"])
+def test_resume_matches_uninterrupted(tiny_backbones, tmp_path, init):
+    full = train(_cfg(tiny_backbones["gpt2"], tmp_path / "a", steps=12, init=init), progress=False)
+    # the same run stopped after its step-4 checkpoint, then resumed to the end
+    half_cfg = _cfg(tiny_backbones["gpt2"], tmp_path / "b", steps=4, init=init)
+    train(half_cfg, progress=False)
+    resumed = train(half_cfg.replace(steps=12), resume=True, progress=False)
+    for key in ("test_accuracy", "test_loss", "train_loss", "val_accuracy", "steps"):
+        assert resumed[key] == full[key], key
+
+
+def test_killed_run_resumes_to_same_result(tiny_backbones, tmp_path):
+    """A real kill (SIGKILL mid-run) and `fpt train --resume` give the uninterrupted numbers."""
+    args = ["--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--steps", "400", "--eval-every", "10",
+            "--batch-size", "8", "--quiet"]
+    cli = [sys.executable, "-m", "fpt", "train"]
+    full = json.loads(subprocess.run(cli + args + ["--run-dir", str(tmp_path / "a")], check=True,
+                                     capture_output=True, text=True).stdout.splitlines()[-1])
+    run_b = tmp_path / "b"
+    proc = subprocess.Popen(cli + args + ["--run-dir", str(run_b)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_b / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    assert not (run_b / "result.json").exists(), "the run finished before it could be killed"
+    out = subprocess.run(cli + args + ["--run-dir", str(run_b), "--resume"], check=True, capture_output=True,
+                         text=True).stdout.splitlines()[-1]
+    resumed = json.loads(out)
+    assert (resumed["test_accuracy"], resumed["test_loss"]) == (full["test_accuracy"], full["test_loss"])
+
+
+def test_existing_run_is_not_overwritten(tiny_backbones, tmp_path):
+    cfg = _cfg(tiny_backbones["bert"], tmp_path)
+    train(cfg, progress=False)
+    before = (tmp_path / "run" / "result.json").read_text()
+    with pytest.raises(FPTError, match="already holds a run"):
+        train(cfg, progress=False)
+    assert (tmp_path / "run" / "result.json").read_text() == before
+
+
+def test_resume_without_checkpoint_fails(tiny_backbones, tmp_path):
+    with pytest.raises(FPTError, match="no checkpoint"):
+        train(_cfg(tiny_backbones["bert"], tmp_path), resume=True, progress=False)
+
+
+def test_divergence_is_recorded(tiny_backbones, tmp_path):
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, lr=1e30, train="all", grad_clip=0.0, steps=50, eval_every=1)
+    with pytest.raises(FPTError, match="diverged"):
+        train(cfg, progress=False)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "diverged"
+
+
+def test_same_seed_same_numbers(tiny_backbones, tmp_path):
+    a = train(_cfg(tiny_backbones["bert"], tmp_path / "a"), progress=False)
+    b = train(_cfg(tiny_backbones["bert"], tmp_path / "b"), progress=False)
+    c = train(_cfg(tiny_backbones["bert"], tmp_path / "c", seed=1), progress=False)
+    assert a["test_loss"] == b["test_loss"]
+    assert a["test_loss"] != c["test_loss"]
