@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from fpt.backbones.architectures import FPT_GROUPS
 from fpt.errors import FPTError
 
 PRECISIONS = ("fp32", "bf16")
@@ -26,9 +25,17 @@ class TrainConfig:
     """Everything that decides a training run. Paper defaults unless noted."""
 
     task: str = "bit-xor"
+    model: str = "fpt"  # model row (fpt/bodies.py MODELS): fpt (a transformer backbone) | lstm
     backbone: str = "minilm"  # a registry name or a local Hugging Face checkpoint folder
     init: str = "pretrained"  # pretrained | random | stats
-    train: tuple[str, ...] = FPT_GROUPS  # parameter groups that learn ("fpt", "all", or a list)
+    # parameter groups that learn ("fpt", "all", or a list); None: the model row's default
+    # (fpt: the FPT groups, plus lora when lora_r > 0; lstm: all)
+    train: tuple[str, ...] | None = None
+    layers: int | None = None  # keep the first N residual blocks (or N LSTM layers); None: all
+    lora_r: int = 0  # rank of peft LoRA adapters on the frozen body; 0: none
+    lora_targets: tuple[str, ...] = ("attention",)  # groups whose linear layers get LoRA (+ feedforward)
+    cache_features: bool = False  # output-only: compute body features once per example, train the head
+    export_backbone: str | None = None  # after training, save the (trained) body here as a HF checkpoint
     steps: int = 2000  # gradient steps
     batch_size: int = 32
     lr: float = 1e-3  # Adam
@@ -49,9 +56,29 @@ class TrainConfig:
 
     def __post_init__(self):
         from fpt.backbones import INITS
+        from fpt.bodies import MODELS
+        from fpt.lora import LORA_TARGETS
         from fpt.model import parse_groups
 
-        object.__setattr__(self, "train", parse_groups(self.train))
+        kind = MODELS.get(self.model)
+        if self.train is None:
+            default = kind.default_train + (("lora",) if self.lora_r > 0 else ())
+            object.__setattr__(self, "train", parse_groups(default))
+        else:
+            object.__setattr__(self, "train", parse_groups(self.train))
+        targets = self.lora_targets.split(",") if isinstance(self.lora_targets, str) else self.lora_targets
+        object.__setattr__(self, "lora_targets", tuple(t.strip() for t in targets if t.strip()))
+        if not self.lora_targets or not set(self.lora_targets) <= set(LORA_TARGETS):
+            raise FPTError(f"lora_targets must be some of {', '.join(LORA_TARGETS)}, got {self.lora_targets}")
+        if self.lora_r < 0 or (self.layers is not None and self.layers <= 0):
+            raise FPTError("lora_r must be >= 0 and layers positive")
+        if self.lora_r > 0 and ("lora" not in self.train or self.model != "fpt"):
+            raise FPTError("lora_r > 0 needs --model fpt and the lora group in --train (e.g. --train fpt,lora)")
+        if self.cache_features and self.train != ("output",):
+            raise FPTError("cache_features needs --train output: cached features are only valid while the "
+                           "body and input layer stay frozen")
+        if self.export_backbone and (self.model != "fpt" or self.lora_r > 0):
+            raise FPTError("export_backbone needs --model fpt without LoRA (a plain Hugging Face body)")
         if self.init not in INITS:
             raise FPTError(f"unknown init {self.init!r}; choose from: {', '.join(INITS)}")
         if self.precision not in PRECISIONS:
@@ -76,6 +103,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["train"] = list(self.train)
+        d["lora_targets"] = list(self.lora_targets)
         return d
 
     def replace(self, **changes) -> "TrainConfig":
@@ -112,6 +140,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if base is bool:
             if isinstance(value, bool):
                 return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
             continue
         if isinstance(value, str) and base in (int, float):
             try:

@@ -15,6 +15,7 @@ from torch import nn
 from fpt.backbones import Backbone
 from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body
 from fpt.errors import FPTError
+from fpt.lora import lora_parameter_names
 from fpt.tasks.base import TaskSpec
 
 INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input layer
@@ -78,6 +79,10 @@ class FPT(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, token_dim) or (B, T) ids -> logits (B, num_targets, num_classes)."""
+        return self.head(self.features(x, lengths))
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x -> the body's final hidden states at the output tokens, (B, K, D)."""
         h = self.input_layer(x)  # (B, T, D)
         b, t, _ = h.shape
         mask = None
@@ -91,8 +96,12 @@ class FPT(nn.Module):
             # NOTE: read the last *real* tokens, not whatever padding comes last.
             idx = (lengths.unsqueeze(1) - k + torch.arange(k, device=h.device)).clamp(min=0)  # (B, K)
             h = torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, K, D)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) features -> logits (B, num_targets, num_classes)."""
         logits = self.output_layer(h)  # (B, K, P * C)
-        return logits.reshape(b, self.spec.num_targets, self.spec.num_classes)
+        return logits.reshape(h.shape[0], self.spec.num_targets, self.spec.num_classes)
 
 
 def build_fpt(backbone: Backbone, spec: TaskSpec) -> FPT:
@@ -106,6 +115,7 @@ def parameter_groups(model: FPT) -> dict[str, str]:
     body = model.body
     if isinstance(body, HFBody):
         groups.update({f"body.model.{n}": g for n, g in classify_body(body.model, body.arch).items()})
+        groups.update({f"body.model.{n}": "lora" for n in lora_parameter_names(body.model)})
     else:
         groups.update({f"body.{n}": g for n, g in body.parameter_groups().items()})
     missing = {n for n, _ in model.named_parameters()} - set(groups)
@@ -182,6 +192,8 @@ def format_counts(counts: list[GroupCount], *, note: str = "") -> str:
     """A printable table, like PEFT's print_trainable_parameters but per group."""
     lines = [f"{'group':<12} {'total':>14} {'trainable':>14}"]
     for c in counts:
+        if c.total == 0 and c.group in ("recurrent", "lora"):
+            continue  # groups only some model rows have
         lines.append(f"{c.group:<12} {c.total:>14,} {c.trainable:>14,}")
     s = summarize_counts(counts)
     lines.append(f"{'all':<12} {s['total_params']:>14,} {s['trainable_params']:>14,}"

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fpt.backbones import Backbone, load_backbone
+from fpt.backbones import Backbone
+from fpt.bodies import build_model
 from fpt.config import TrainConfig, save_yaml
 from fpt.errors import FPTError
-from fpt.model import FPT, apply_trainable, build_fpt, count_parameters, summarize_counts
+from fpt.features import FeatureCache
+from fpt.model import FPT, count_parameters, summarize_counts
 from fpt.tasks import TaskData, build_task
 from fpt.utils import (device_name, pick_device, seed_everything, torch_save_atomic, versions,
                        write_json_atomic)
@@ -32,7 +34,8 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 # Config keys a resumed run may change: they do not alter what was already computed.
-RESUMABLE_CHANGES = {"steps", "early_stop", "device", "run_dir", "eval_batch_size", "data_dir"}
+RESUMABLE_CHANGES = {"steps", "early_stop", "device", "run_dir", "eval_batch_size", "data_dir",
+                     "export_backbone"}
 
 
 @dataclass
@@ -41,13 +44,21 @@ class Experiment:
 
     cfg: TrainConfig
     data: TaskData
-    backbone: Backbone
+    backbone: Backbone | None  # None for a body that is not a transformer backbone (the LSTM row)
     model: FPT
     device: torch.device
+    cache: FeatureCache | None = None  # output-only training from cached features
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cache.logits(x, lengths) if self.cache is not None else self.model(x, lengths)
+
+    def weights_sha256(self) -> str:
+        """Hash of the body's weights as built (all of them train in the LSTM row: nothing to check)."""
+        return self.backbone.weights_sha256() if self.backbone is not None else "none"
 
 
 def build_experiment(cfg: TrainConfig) -> Experiment:
@@ -55,13 +66,12 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     seed_everything(cfg.seed)
     task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
     data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
-    backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout,
-                             attn_implementation=cfg.attn_implementation, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)  # the new layers' init does not depend on how the body was built
-    model = build_fpt(backbone, data.spec)
-    apply_trainable(model, cfg.train)
+    model, backbone = build_model(cfg, data.spec)  # the config's model row, cfg.train learning
     device = pick_device(cfg.device)
-    return Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device)
+    exp = Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device)
+    if cfg.cache_features:
+        exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
+    return exp
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -86,7 +96,7 @@ def evaluate(exp: Experiment, split: str) -> dict[str, float]:
     for batch in exp.data.eval_batches(split, cfg.eval_batch_size):
         batch = batch.to(exp.device)
         with _autocast(cfg, exp.device):
-            logits = model(batch.x, batch.lengths)
+            logits = exp.logits(batch.x, batch.lengths)
         loss, right = loss_and_correct(logits, batch.y)
         loss_sum += loss.item() * batch.y.numel()
         correct += int(right)
@@ -170,7 +180,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     model, device = exp.model, exp.device
     optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
-    weights_sha = exp.backbone.weights_sha256()
+    weights_sha = exp.weights_sha256()
     counts = summarize_counts(count_parameters(model))
     state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
              "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
@@ -198,7 +208,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         while state["step"] < cfg.steps:
             batch = exp.data.train_batch(cfg.batch_size, gen).to(device, non_blocking=True)
             with _autocast(cfg, device):
-                logits = model(batch.x, batch.lengths)
+                logits = exp.logits(batch.x, batch.lengths)
             loss, correct = loss_and_correct(logits, batch.y)
             if not torch.isfinite(loss):
                 status = "diverged"
@@ -230,6 +240,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         bar.close()
 
     result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
+    if cfg.export_backbone and status != "diverged":
+        result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
     write_json_atomic(run_dir / RESULT, result)
     if status == "diverged":
         last = state["last"] or {}
@@ -268,7 +280,8 @@ def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status
     cfg = exp.cfg
     last = state["last"] or {}
     return {
-        "task": cfg.task, "backbone": cfg.backbone, "init": cfg.init, "train": list(cfg.train),
+        "task": cfg.task, "model": cfg.model, "backbone": cfg.backbone, "init": cfg.init,
+        "train": list(cfg.train),
         "status": status, "seed": cfg.seed, "steps": state["step"],
         "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
         "trainable_pct": round(counts["trainable_pct"], 4),
@@ -278,10 +291,23 @@ def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status
         "best_val_accuracy": state["best_val"] if state["best_val"] >= 0 else None,
         "best_step": state["best_step"], "test_accuracy_at_best_val": state["test_at_best"],
         "wall_time_s": round(wall, 2), "device": device_name(exp.device),
-        "backbone_source": exp.backbone.source, "weights_sha256": weights_sha,
+        "backbone_source": exp.backbone.source if exp.backbone is not None else cfg.model,
+        "weights_sha256": weights_sha,
+        "features_computed": exp.cache.computed if exp.cache is not None else None,
         "param_groups": counts["groups"], "versions": versions(), "config": cfg.to_dict(),
         "run_dir": str(run_dir),
     }
+
+
+def export_backbone(exp: Experiment, folder: str) -> str:
+    """Save the run's body as a Hugging Face checkpoint folder, usable as `--backbone FOLDER`.
+
+    The paper's "Bit" row: `--task bit-memory --init random --train all --export-backbone DIR`,
+    then `--backbone DIR` (pretrained, frozen) on the other tasks.
+    """
+    model = exp.backbone.model
+    model.save_pretrained(folder)
+    return str(folder)
 
 
 def result_is_finite(result: dict) -> bool:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-#: Every parameter belongs to exactly one of these groups.
-GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward", "unused")
+#: Every parameter belongs to exactly one of these groups. `recurrent` is the LSTM baseline's
+#: body (fpt/bodies.py); `lora` holds LoRA adapters (fpt/lora.py). `unused` stays last.
+GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward", "recurrent", "lora",
+          "unused")
 #: Groups a user may name in `--train` (`unused` is never trained: FPT does not read it).
 TRAINABLE_GROUPS = GROUPS[:-1]
 #: The paper's FPT: input and output layers, positions and layer norms learn.
@@ -34,6 +36,12 @@ class Architecture:
     norm_classes: tuple[str, ...] = ("LayerNorm",)  # class names of normalisation layers
     extra_forward_kwargs: tuple[str, ...] = field(default=())  # e.g. token_type_ids
     causal: bool = False
+    attention_paths: tuple[str, ...] = ()  # submodule paths that are attention but not attention classes
+    position_offset: int = 0  # first position id (MPNet/RoBERTa start after the padding row)
+    # NOTE: rotary models (Gemma) have no learned positions; with `add_positions` the FPT body
+    # owns a new learned table (the "positions" group), added to the inputs.
+    add_positions: bool = False
+    attn_implementation: str | None = None  # forced where the model has no sdpa path (MPNet)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -60,6 +68,34 @@ ARCHITECTURES: dict[str, Architecture] = {
             layers="encoder.layer",
             dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
             extra_forward_kwargs=("token_type_ids",),
+        ),
+        Architecture(
+            model_type="mpnet",
+            # MPNetAttention holds the output projection `o` inside MPNetSelfAttention (and a LayerNorm,
+            # which the norm rule claims). The relative position bias (32 buckets x heads), shared by every
+            # layer, only enters the attention scores, so it counts as attention.
+            attention=("MPNetAttention", "MPNetSelfAttention"),
+            feedforward=("MPNetIntermediate", "MPNetOutput"),
+            positions=("embeddings.position_embeddings",),
+            unused=("embeddings.word_embeddings", "pooler"),
+            layers="encoder.layer",
+            dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+            attention_paths=("encoder.relative_attention_bias",),
+            position_offset=2,  # padding_idx 1; real positions start at row 2
+            attn_implementation="eager",
+        ),
+        Architecture(
+            model_type="gemma3_text",
+            # Every norm is a Gemma3RMSNorm (a scale only), including q_norm / k_norm inside attention.
+            attention=("Gemma3Attention",),
+            feedforward=("Gemma3MLP",),
+            positions=(),
+            unused=("embed_tokens",),
+            layers="layers",
+            dropout_keys=("attention_dropout",),
+            norm_classes=("Gemma3RMSNorm",),
+            causal=True,
+            add_positions=True,
         ),
     )
 }
@@ -93,6 +129,9 @@ def classify_body(model: nn.Module, arch: Architecture) -> dict[str, str]:
         except AttributeError:
             continue  # optional parts (a pooler that was not built)
         module_group[path] = "unused"
+    for path in arch.attention_paths:
+        model.get_submodule(path)
+        module_group[path] = "attention"
     for name, module in model.named_modules():
         cls = type(module).__name__
         if cls in arch.norm_classes or isinstance(module, nn.LayerNorm):

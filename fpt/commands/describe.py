@@ -14,18 +14,20 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.backbones import load_backbone
-    from fpt.model import apply_trainable, build_fpt, count_parameters, format_counts
+    from fpt.bodies import MODELS, build_model
+    from fpt.model import count_parameters, format_counts
     from fpt.tasks import build_task
 
     cfg = config_from_args(args)
     task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
-    backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout, seed=cfg.seed)
-    model = build_fpt(backbone, task.spec)
-    apply_trainable(model, cfg.train)
+    model, backbone = build_model(cfg, task.spec)
     spec = task.spec
-    print(f"backbone {cfg.backbone} ({backbone.arch.model_type}, {backbone.num_layers} layers x "
-          f"{backbone.width}, init {cfg.init}) from {backbone.source}")
+    if backbone is not None:
+        lora = f", LoRA r={cfg.lora_r} on {'+'.join(cfg.lora_targets)}" if cfg.lora_r else ""
+        print(f"backbone {cfg.backbone} ({backbone.arch.model_type}, {backbone.num_layers} layers x "
+              f"{backbone.width}, init {cfg.init}{lora}) from {backbone.source}")
+    else:
+        print(f"model {cfg.model}: {MODELS.get(cfg.model).description}")
     shape = (f"{spec.seq_len} tokens of width {spec.token_dim}" if spec.input_kind == "continuous"
              else f"up to {spec.seq_len} tokens from a vocabulary of {spec.vocab_size}")
     print(f"task {spec.name}: {shape}; output read from the last {spec.output_tokens} token(s), "
