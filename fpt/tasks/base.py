@@ -98,7 +98,13 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
-    """Instantiate the registered task `name` with its options."""
+    """Instantiate the registered task `name` with its options; a `.yaml` path is a custom task file."""
+    if name.endswith((".yaml", ".yml")):  # your own data (fpt/tasks/custom.py)
+        from fpt.tasks.custom import CustomTask
+
+        if patch_size is not None:
+            raise FPTError("set patch_size inside the task file, not with --patch-size")
+        return CustomTask(file=name, **options)
     cls = TASKS.get(name)
     if patch_size is not None:
         if "patch_size" not in cls.options:
@@ -123,3 +129,42 @@ def patchify_images(x: torch.Tensor, patch: int, *, what: str) -> torch.Tensor:
     x = x.reshape(b, c, h // patch, patch, w // patch, patch)  # (B, C, H/p, p, W/p, p)
     x = x.permute(0, 2, 4, 1, 3, 5)  # (B, H/p, W/p, C, p, p)
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+class PaddedTokenData(TaskData):
+    """Variable-length token ids stored compactly (uint8 / int16, padded with 0 at the end).
+
+    Batches come out as long ids trimmed to their longest row: padding is masked anyway, so the
+    columns past every row's end are dead compute.
+    """
+
+    def _batch(self, data: Batch, idx) -> Batch:
+        lengths = data.lengths[idx]
+        t = max(int(lengths.max()), 1) if len(lengths) else 1
+        return Batch(data.x[idx, :t].long(), data.y[idx], lengths)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        data = self.splits[self.train_split]
+        return self._batch(data, torch.randint(len(data), (batch_size,), generator=generator))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        if split not in self.splits:
+            raise FPTError(f"task {self.spec.name!r} has no split {split!r}; it has: {', '.join(self.splits)}")
+        data = self.splits[split]
+        for i in range(0, len(data), batch_size):
+            yield self._batch(data, slice(i, i + batch_size))
+
+
+def pad_flat(ids, lengths, seq_len: int, *, what: str) -> torch.Tensor:
+    """Flat ids (numpy, concatenated rows) + lengths -> (N, seq_len) ids padded with 0 at the end, vectorised."""
+    import numpy as np
+
+    n = len(lengths)
+    if n and lengths.max() > seq_len:
+        raise FPTError(f"a sequence of {what} has {lengths.max()} tokens, more than {seq_len}")
+    x = np.zeros((n, seq_len), dtype=ids.dtype)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    row = np.repeat(np.arange(n), lengths)
+    col = np.arange(len(ids)) - np.repeat(starts, lengths)
+    x[row, col] = ids
+    return torch.from_numpy(x)
