@@ -43,7 +43,8 @@ class BitMemory(Task):
     Copying the visible query bits and guessing the rest scores about 75%.
     """
 
-    options = {"n_bits": 1000, "n_patterns": 5, "patch_size": 50, "mask_prob": 0.5}
+    options = {"n_bits": 1000, "n_patterns": 5, "patch_size": 50, "mask_prob": 0.5,
+               "eval_examples": EVAL_EXAMPLES}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -66,7 +67,7 @@ class BitMemory(Task):
         return Batch(x, y)
 
     def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
-        return GeneratedData(self.spec, self.sample, seed=seed)
+        return GeneratedData(self.spec, self.sample, seed=seed, eval_examples=self.opts["eval_examples"])
 
 
 @TASKS.register("bit-xor")
@@ -77,7 +78,7 @@ class BitXOR(Task):
     tokens each predict `patch` bits of the XOR. Accuracy is per bit.
     """
 
-    options = {"n_bits": 5, "patch_size": 1}
+    options = {"n_bits": 5, "patch_size": 1, "eval_examples": EVAL_EXAMPLES}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -94,4 +95,4 @@ class BitXOR(Task):
         return Batch(x, y.long())
 
     def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
-        return GeneratedData(self.spec, self.sample, seed=seed)
+        return GeneratedData(self.spec, self.sample, seed=seed, eval_examples=self.opts["eval_examples"])

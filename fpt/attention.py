@@ -1,0 +1,109 @@
+"""Attention maps read from the frozen model through forward hooks (the paper's Bit XOR figure).
+
+The attention modules of the backbone (the first attention class of its
+Architecture row) return `(output, weights)` under eager attention; a hook
+records the weights as the model runs. Nothing is recomputed outside the model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fpt.errors import FPTError
+
+
+@torch.inference_mode()
+def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
+    """Mean attention over the batch: (layers, heads, T, T). Needs attn_implementation='eager'."""
+    body = exp.model.body
+    arch = getattr(body, "arch", None)
+    if arch is None:
+        raise FPTError("attention maps need a transformer body")
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple) and len(output) > 1 and output[1] is not None and output[1].dim() == 4:
+            captured.append(output[1].float().mean(0).cpu())  # (H, T, T)
+
+    handles = [m.register_forward_hook(hook) for m in body.model.modules()
+               if type(m).__name__ == arch.attention[0]]
+    exp.model.eval()
+    try:
+        exp.model(x.to(exp.device))
+    finally:
+        for h in handles:
+            h.remove()
+    if not captured:
+        raise FPTError("no attention weights were captured (is attn_implementation 'eager'?)")
+    return torch.stack(captured)  # (L, H, T, T)
+
+
+def input_bit_mass(maps: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """(L, H): attention mass each head puts, from output bit i, on input bits i and n + i."""
+    t = maps.shape[-1]
+    queries = torch.arange(t - n_bits, t)  # the tokens the output is read from
+    mass = maps[:, :, queries, queries - n_bits] + maps[:, :, queries, queries]
+    # the two inputs of output bit i are tokens i and n + i; the reading token is n + i
+    return mass.mean(-1)
+
+
+def load_trained(result_path: Path):
+    """Rebuild a finished run with eager attention and its trained weights."""
+    from fpt.config import from_dict
+    from fpt.train import build_experiment
+
+    result = json.loads(result_path.read_text())
+    cfg = from_dict({**result["config"], "attn_implementation": "eager", "device": "cpu"})
+    exp = build_experiment(cfg)
+    ckpt = torch.load(result_path.parent / "checkpoint.pt", map_location="cpu", weights_only=False)
+    exp.model.load_state_dict(ckpt["trainable"], strict=False)
+    return exp
+
+
+def plot_bit_xor_attention(matrix, records: list[dict], out: Path) -> Path | None:
+    """For each row's seed-0 Bit XOR run: the head that most attends from each output bit to its inputs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for row in matrix.rows:
+        runs = [r for r in records if r["row_slug"] == row.slug and r["task"] == "bit-xor" and r["seed"] == 0
+                and r.get("status") in ("finished", "early_stopped")]
+        if not runs:
+            continue
+        try:
+            exp = load_trained(Path(runs[0]["run_dir"]) / "result.json")
+        except FPTError:
+            continue
+        x = exp.data.splits["test"].x[:256]
+        try:
+            maps = attention_maps(exp, x)
+        except FPTError:
+            continue  # not a transformer body (an LSTM row)
+        n = exp.data.spec.output_tokens
+        mass = input_bit_mass(maps, n)
+        layer, head = divmod(int(mass.argmax()), mass.shape[1])
+        panels.append((row.name, maps[layer, head], layer, head, float(mass[layer, head]), mass))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    summary = {}
+    for ax, (name, m, layer, head, score, mass) in zip(axes[0], panels):
+        t = m.shape[-1]
+        im = ax.imshow(m[t - n:], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_yticks(range(n), [f"out {i}" for i in range(n)])
+        ax.set_xticks(range(t), [f"a{i}" if i < n else f"b{i - n}" for i in range(t)], fontsize=7)
+        ax.set_title(f"{name}\nlayer {layer} head {head}: {100 * score:.0f}% on the input bits", fontsize=9)
+        summary[name] = {"best_layer": layer, "best_head": head, "mass_on_input_bits": score,
+                         "per_head_mass": mass.tolist()}
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention")
+    fig.suptitle("Bit XOR: attention from each output bit (rows) to the inputs a, b (columns)", fontsize=10)
+    path = out / "attention_bit_xor.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    (out / "attention_bit_xor.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return path

@@ -1,0 +1,55 @@
+"""Compute budgets for `fpt reproduce`, defined here and nowhere else.
+
+A budget gives each task its training length and evaluation interval, and
+says which tasks it covers: a matrix cell whose task a budget does not cover
+is listed as skipped, never silently dropped.
+
+- smoke: minutes on a 2-core CPU (CI runs it): the two bit tasks, a few dozen steps.
+- cpu:   hours on a 2-core CPU: the bit tasks to convergence and MNIST.
+- paper: the paper's step counts (Table 6's steps to converge, rounded up), for a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fpt.errors import FPTError
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    steps: int
+    eval_every: int
+    batch_size: int = 32
+    target_accuracy: float = 0.99  # "converged" for the steps-to-converge plot and the compute table
+    task_options: dict | None = None  # e.g. smaller held-out sets for the synthetic tasks in `smoke`
+
+
+BUDGETS: dict[str, dict[str, TaskBudget]] = {
+    "smoke": {
+        # NOTE: smoke shrinks the generated val/test sets (1000 -> 200 / 100 examples) to stay in minutes.
+        "bit-xor": TaskBudget(steps=60, eval_every=20, batch_size=16, target_accuracy=0.9,
+                              task_options={"eval_examples": 200}),
+        "bit-memory": TaskBudget(steps=20, eval_every=20, batch_size=8, target_accuracy=0.8,
+                                 task_options={"eval_examples": 100}),
+    },
+    "cpu": {
+        "bit-xor": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
+        "bit-memory": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99),
+        "mnist": TaskBudget(steps=6000, eval_every=1000, target_accuracy=0.97),
+    },
+    "paper": {
+        "bit-xor": TaskBudget(steps=20_000, eval_every=500, target_accuracy=1.0),
+        "bit-memory": TaskBudget(steps=50_000, eval_every=1000, target_accuracy=0.99),
+        "listops": TaskBudget(steps=10_000, eval_every=500, target_accuracy=0.38),
+        "mnist": TaskBudget(steps=20_000, eval_every=1000, target_accuracy=0.98),
+        "cifar10": TaskBudget(steps=400_000, eval_every=10_000, target_accuracy=0.68),
+        "cifar10-lra": TaskBudget(steps=600_000, eval_every=10_000, target_accuracy=0.38),
+        "remote-homology": TaskBudget(steps=100_000, eval_every=5_000, target_accuracy=0.12),
+    },
+}
+
+
+def get_budget(name: str) -> dict[str, TaskBudget]:
+    if name not in BUDGETS:
+        raise FPTError(f"unknown budget {name!r}; choose from: {', '.join(BUDGETS)}")
+    return BUDGETS[name]

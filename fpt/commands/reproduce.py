@@ -1,0 +1,83 @@
+"""`fpt reproduce MATRIX` and `fpt report DIR`: run a paper table's matrix, write tables and plots."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+
+def _lrs(text: str | None) -> list[float] | None:
+    from fpt.errors import FPTError
+
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise FPTError(f"--lr-sweep expects comma-separated numbers, got {text!r}") from e
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="run an experiment matrix (a paper table)", description=__doc__)
+    p.add_argument("matrix", help="a name under configs/ (table1, params, ...) or a YAML path")
+    p.add_argument("--budget", default="smoke", help="smoke | cpu | paper (fpt/budgets.py)")
+    p.add_argument("--backbone", help="backbone for rows that do not name one (default: minilm)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
+    p.add_argument("--out", help="output folder (default: results/<matrix>-<budget>)")
+    p.add_argument("--lr-sweep", help="comma-separated learning rates; each cell's is chosen on validation")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs and a time estimate")
+    p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    p.set_defaults(func=run_reproduce)
+
+    r = sub.add_parser("report", help="rebuild results.csv, table.md and plots from a reproduce folder")
+    r.add_argument("out", help="the --out folder of `fpt reproduce`")
+    r.set_defaults(func=run_report)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from fpt.errors import FPTError
+    from fpt.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
+
+    if args.seeds < 1:
+        raise FPTError("--seeds must be at least 1")
+    matrix = load_matrix(args.matrix)
+    out = Path(args.out or f"results/{matrix.name}-{args.budget}")
+    runs = plan(matrix, budget=args.budget, seeds=args.seeds, out=out, backbone=args.backbone,
+                lrs=_lrs(args.lr_sweep))
+    planned = [r for r in runs if r.config is not None]
+    print(f"{matrix.name}: {len(matrix.rows)} rows x {len(matrix.tasks)} tasks x {args.seeds} seed(s)"
+          f"{' x ' + str(len(_lrs(args.lr_sweep))) + ' lrs' if args.lr_sweep else ''}: {len(planned)} runs "
+          f"planned, {len(runs) - len(planned)} skipped (budget {args.budget}) -> {out}")
+    for r in runs:
+        if r.config is None:
+            print(f"  skip {r.row.name} / {r.task} / seed {r.seed}: {r.skip_reason}")
+    if args.dry_run:
+        total = 0.0
+        for e in estimate(runs):
+            total += e["est_s"]
+            print(f"  {e['row']:<28} {e['task']:<16} seed {e['seed']} lr {e['lr']:<8g} {e['steps']:>7} steps "
+                  f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
+        print(f"estimated total: {total / 3600:.2f} h on this device (training steps timed here, +10% for eval)")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(find_matrix(args.matrix), out / "matrix.yaml")
+    (out / "sweep.json").write_text(json.dumps({"matrix": matrix.name, "budget": args.budget,
+                                                "seeds": args.seeds, "backbone": args.backbone,
+                                                "lr_sweep": _lrs(args.lr_sweep)}, indent=2) + "\n")
+    done = sum(run_state(r) == "done" for r in planned)
+    if done:
+        print(f"{done} of {len(planned)} runs already finished: skipped")
+    execute(runs, progress=not args.quiet)
+    from fpt.report import report
+
+    print(report(out, budget=args.budget))
+    print(f"wrote {out / 'results.csv'}, {out / 'table.md'} and plots")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from fpt.report import report
+
+    print(report(Path(args.out)))
+    return 0

@@ -1,0 +1,250 @@
+"""Tables and plots from finished run directories alone (`fpt report DIR`).
+
+Reads OUT/runs/<row>/<task>/<lr-seed>/{result.json,metrics.jsonl,error.json}
+and OUT/matrix.yaml; writes OUT/results.csv, OUT/table.md and PNG plots.
+Nothing here trains, and no figure is typed by hand: ours come from the run
+files, the paper's from fpt/reference/paper_results.csv.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from fpt.errors import FPTError
+
+REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
+# Our task names -> the reference file's columns.
+PAPER_COLUMNS = {"bit-memory": "bit_memory", "bit-xor": "bit_xor", "listops": "listops", "mnist": "mnist",
+                 "cifar10": "cifar10", "cifar10-lra": "cifar10_lra", "remote-homology": "remote_homology"}
+CSV_FIELDS = ["row", "task", "seed", "lr", "status", "steps", "test_accuracy", "val_accuracy",
+              "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "trainable_params",
+              "total_params", "wall_time_s", "backbone", "init", "train", "weights_sha256", "device", "run_dir",
+              "error"]
+
+
+def paper_figure(paper_row: str | None, task: str) -> str:
+    if not paper_row or not REFERENCE.exists():
+        return ""
+    with open(REFERENCE) as f:
+        for r in csv.DictReader(f):
+            if r["row"] == paper_row:
+                return r.get(PAPER_COLUMNS.get(task, ""), "") or ""
+    return ""
+
+
+def collect(out: Path) -> list[dict]:
+    """One record per run directory under OUT/runs (finished, diverged or failed)."""
+    records = []
+    for run_dir in sorted((out / "runs").glob("*/*/*")):
+        row_slug, task = run_dir.parent.parent.name, run_dir.parent.name
+        lr, _, seed = run_dir.name.removeprefix("lr").partition("-seed")
+        rec = {"row_slug": row_slug, "task": task, "lr": float(lr), "seed": int(seed), "run_dir": str(run_dir)}
+        if (run_dir / "result.json").exists():
+            res = json.loads((run_dir / "result.json").read_text())
+            rec.update({k: res.get(k) for k in CSV_FIELDS if k in res})
+            rec["train"] = ",".join(res.get("train", []))
+        elif (run_dir / "error.json").exists():
+            rec.update(status="error", error=json.loads((run_dir / "error.json").read_text())["error"])
+        else:
+            rec.update(status="incomplete")
+        records.append(rec)
+    return records
+
+
+def _load_matrix(out: Path):
+    from fpt.reproduce import load_matrix
+
+    path = out / "matrix.yaml"
+    if not path.exists():
+        raise FPTError(f"{out} holds no matrix.yaml: is it the --out folder of `fpt reproduce`?")
+    return load_matrix(str(path))
+
+
+def select_lr(records: list[dict]) -> dict[tuple[str, str], float]:
+    """Per (row, task): the learning rate with the best mean validation accuracy over seeds."""
+    by_cell: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("best_val_accuracy") is not None:
+            by_cell[(r["row_slug"], r["task"])][r["lr"]].append(r["best_val_accuracy"])
+    return {cell: max(lrs, key=lambda lr: statistics.mean(lrs[lr])) for cell, lrs in by_cell.items()}
+
+
+def write_csv(records: list[dict], rows_by_slug: dict, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow({**r, "row": rows_by_slug[r["row_slug"]].name if r["row_slug"] in rows_by_slug
+                        else r["row_slug"]})
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    pct = [100 * v for v in values]
+    if len(pct) == 1:
+        return f"{pct[0]:.1f} (n=1)"
+    return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f} (n={len(pct)})"
+
+
+def write_table(matrix, records: list[dict], path: Path, *, budget: str | None = None) -> str:
+    """Markdown: mean ± std test accuracy (%) over seeds per cell, the paper's figure beside it."""
+    chosen = select_lr(records)
+    lines = [f"# {matrix.name}" + (f" (paper {matrix.paper_table})" if matrix.paper_table else ""), ""]
+    if matrix.description:
+        lines += [matrix.description, ""]
+    lines += ["Test accuracy (%) on the full test split, mean ± std over seeds (n = seeds); "
+              "[paper: figure] is the paper's. Learning rate chosen per cell on validation accuracy "
+              "where several were run.", ""]
+    lines.append("| row | " + " | ".join(matrix.tasks) + " |")
+    lines.append("|---|" + "---|" * len(matrix.tasks))
+    notes = []
+    for row in matrix.rows:
+        cells = []
+        for task in matrix.tasks:
+            rs = [r for r in records if r["row_slug"] == row.slug and r["task"] == task]
+            lr = chosen.get((row.slug, task))
+            done = [r for r in rs if r.get("test_accuracy") is not None and (lr is None or r["lr"] == lr)
+                    and r.get("status") in ("finished", "early_stopped")]
+            diverged = [r for r in rs if r.get("status") == "diverged"]
+            errors = [r for r in rs if r.get("status") == "error"]
+            text = _cell([r["test_accuracy"] for r in done])
+            if diverged:
+                text += f" ({len(diverged)} diverged)"
+            if errors and not done:
+                text = "not run"
+                notes.append(f"- {row.name} / {task}: {errors[0]['error']}")
+            if not rs:
+                text = "skipped"
+            if lr is not None and len({r['lr'] for r in rs}) > 1:
+                text += f" @lr {lr:g}"
+            paper = paper_figure(row.paper_row, task)
+            cells.append(text + (f" [paper: {paper}]" if paper else ""))
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", "Cells not run:"] + sorted(set(notes))
+    lines += ["", "Skipped cells are tasks the budget does not cover"
+              + (f" (budget {budget})." if budget else ".")]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def steps_to_reach(metrics_path: Path, target: float) -> int | None:
+    """First evaluated step whose validation accuracy reaches `target`."""
+    if not metrics_path.exists():
+        return None
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["val_accuracy"] >= target:
+            return rec["step"]
+    return None
+
+
+def plot_learning_curves(matrix, records: list[dict], out: Path) -> list[Path]:
+    """Per task: test accuracy vs gradient steps, one line per row (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task in matrix.tasks:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for row in matrix.rows:
+            curves = defaultdict(list)
+            for r in records:
+                if r["row_slug"] == row.slug and r["task"] == task:
+                    mp = Path(r["run_dir"]) / "metrics.jsonl"
+                    if mp.exists():
+                        for line in mp.read_text().splitlines():
+                            rec = json.loads(line)
+                            curves[rec["step"]].append(rec["test_accuracy"])
+            if curves:
+                steps = sorted(curves)
+                ax.plot(steps, [100 * statistics.mean(curves[s]) for s in steps], marker="o", ms=3,
+                        label=row.name)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set(title=f"{matrix.name}: {task}", xlabel="gradient steps", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out / f"curves_{task}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_steps_to_converge(matrix, records: list[dict], out: Path, budget: str | None) -> Path | None:
+    """Bars: gradient steps to reach the budget's target accuracy, per row and task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fpt.budgets import BUDGETS
+
+    targets = BUDGETS.get(budget or "", {})
+    data = {}
+    for row in matrix.rows:
+        for task in matrix.tasks:
+            if task not in targets:
+                continue
+            steps = [steps_to_reach(Path(r["run_dir"]) / "metrics.jsonl", targets[task].target_accuracy)
+                     for r in records if r["row_slug"] == row.slug and r["task"] == task]
+            reached = [s for s in steps if s is not None]
+            if steps:
+                data[(row.name, task)] = (statistics.mean(reached) if reached else math.nan,
+                                          len(reached), len(steps))
+    if not data:
+        return None
+    tasks = [t for t in matrix.tasks if any(k[1] == t for k in data)]
+    fig, ax = plt.subplots(figsize=(max(5, 2 * len(tasks)), 4))
+    width = 0.8 / max(len(matrix.rows), 1)
+    for i, row in enumerate(matrix.rows):
+        xs = [j + i * width for j, _ in enumerate(tasks)]
+        ys = [data.get((row.name, t), (math.nan, 0, 0))[0] for t in tasks]
+        ax.bar(xs, ys, width=width, label=row.name)
+    ax.set_xticks([j + width * (len(matrix.rows) - 1) / 2 for j in range(len(tasks))])
+    ax.set_xticklabels([f"{t}\n(target {100 * targets[t].target_accuracy:.0f}%)" for t in tasks], fontsize=8)
+    ax.set(ylabel="gradient steps to target (val)", title=f"{matrix.name}: steps to converge")
+    if any(v[1] for v in data.values()):  # log scale needs at least one run that reached its target
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no run reached its target accuracy", ha="center", transform=ax.transAxes)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "steps_to_converge.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(out: Path, *, budget: str | None = None) -> str:
+    """Write results.csv, table.md and the plots for the sweep in `out`; return the table."""
+    out = Path(out)
+    if not (out / "runs").is_dir():
+        raise FPTError(f"{out} holds no runs/ folder: is it the --out folder of `fpt reproduce`?")
+    matrix = _load_matrix(out)
+    meta = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
+    budget = budget or meta.get("budget")
+    records = collect(out)
+    rows_by_slug = {r.slug: r for r in matrix.rows}
+    write_csv(records, rows_by_slug, out / "results.csv")
+    table = write_table(matrix, records, out / "table.md", budget=budget)
+    plot_learning_curves(matrix, records, out)
+    plot_steps_to_converge(matrix, records, out, budget)
+    if "bit-xor" in matrix.tasks:
+        from fpt.attention import plot_bit_xor_attention
+
+        plot_bit_xor_attention(matrix, records, out)
+    return table

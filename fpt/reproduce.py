@@ -1,0 +1,192 @@
+"""`fpt reproduce`: run an experiment matrix (rows x tasks x seeds x learning rates).
+
+A matrix is a YAML file (see configs/): a name, the paper table it mirrors,
+its tasks, and its rows, each a set of TrainConfig keys. Every run lives in
+`OUT/runs/<row>/<task>/lr<lr>-seed<seed>/`; a rerun skips runs that have a
+result and resumes runs that have a checkpoint, so a killed sweep continues
+where it stopped. Diverged runs are recorded (status "diverged", last good
+accuracy) and the sweep goes on. Reports are made by `fpt.report` from the
+run directories alone.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fpt.budgets import TaskBudget, get_budget
+from fpt.config import TrainConfig, from_dict
+from fpt.errors import FPTError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MATRIX_KEYS = {"name", "description", "paper_table", "tasks", "rows", "defaults"}
+ROW_KEYS = {"name", "paper_row", "config"}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    config: dict
+    paper_row: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str
+    tasks: tuple[str, ...]
+    rows: tuple[Row, ...]
+    paper_table: str | None = None
+    description: str = ""
+    defaults: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    row: Row
+    task: str
+    seed: int
+    lr: float
+    run_dir: Path
+    config: TrainConfig | None  # None when the budget does not cover the task
+    skip_reason: str = ""
+
+
+def find_matrix(ref: str) -> Path:
+    """A path, or a name under configs/ (`table1` -> configs/table1.yaml)."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / f"{ref}.yaml", Path("configs") / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if "rows" in (yaml.safe_load(q.read_text()) or {}))
+    raise FPTError(f"no experiment matrix {ref!r}: give a YAML path or one of: {', '.join(names)}")
+
+
+def load_matrix(ref: str) -> Matrix:
+    path = find_matrix(ref)
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - MATRIX_KEYS
+    if unknown or "rows" not in data or "tasks" not in data:
+        raise FPTError(f"{path}: a matrix needs 'tasks' and 'rows' (unknown keys: {sorted(unknown) or 'none'})")
+    rows = []
+    for r in data["rows"]:
+        bad = set(r) - ROW_KEYS
+        if bad or "name" not in r:
+            raise FPTError(f"{path}: each row needs a 'name' (unknown row keys: {sorted(bad) or 'none'})")
+        rows.append(Row(name=r["name"], config=dict(r.get("config") or {}), paper_row=r.get("paper_row")))
+    return Matrix(name=data.get("name", path.stem), tasks=tuple(data["tasks"]), rows=tuple(rows),
+                  paper_table=data.get("paper_table"), description=data.get("description", ""),
+                  defaults=dict(data.get("defaults") or {}))
+
+
+def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | None = None,
+         lrs: list[float] | None = None) -> list[PlannedRun]:
+    budgets = get_budget(budget)
+    runs = []
+    for row in matrix.rows:
+        for task in matrix.tasks:
+            tb: TaskBudget | None = budgets.get(task)
+            for seed in range(seeds):
+                for lr in lrs or [None]:
+                    values = {**matrix.defaults, **row.config, "task": task, "seed": seed}
+                    if backbone and "backbone" not in row.config:
+                        values["backbone"] = backbone
+                    if lr is not None:
+                        values["lr"] = lr
+                    lr_value = float(values.get("lr", TrainConfig.lr))
+                    run_dir = out / "runs" / row.slug / task / f"lr{lr_value:g}-seed{seed}"
+                    if tb is None:
+                        runs.append(PlannedRun(row, task, seed, lr_value, run_dir, None,
+                                               f"budget {budget!r} does not cover {task}"))
+                        continue
+                    values.update(steps=tb.steps, eval_every=tb.eval_every, run_dir=str(run_dir))
+                    values.setdefault("batch_size", tb.batch_size)
+                    if tb.task_options:
+                        values["task_options"] = {**tb.task_options, **values.get("task_options", {})}
+                    try:
+                        cfg = from_dict(values)
+                    except FPTError as e:  # a typo in a matrix must not cost a sweep
+                        raise FPTError(f"matrix {matrix.name!r}, row {row.name!r}, task {task}: {e}") from e
+                    runs.append(PlannedRun(row, task, seed, lr_value, run_dir, cfg))
+    return runs
+
+
+def run_state(run: PlannedRun) -> str:
+    if (run.run_dir / "result.json").exists():
+        return "done"
+    if (run.run_dir / "checkpoint.pt").exists():
+        return "partial"
+    return "todo"
+
+
+def execute(runs: list[PlannedRun], *, progress: bool = True) -> None:
+    """Run every planned run in order, skipping finished ones, resuming partial ones."""
+    from fpt.train import train
+
+    todo = [r for r in runs if r.config is not None]
+    for i, run in enumerate(todo, 1):
+        state = run_state(run)
+        label = f"[{i}/{len(todo)}] {run.row.name} / {run.task} / lr {run.lr:g} / seed {run.seed}"
+        if state == "done":
+            print(f"{label}: done already, skipped", file=sys.stderr)
+            continue
+        print(f"{label}: {'resuming' if state == 'partial' else 'starting'}", file=sys.stderr)
+        started = time.perf_counter()
+        try:
+            result = train(run.config, resume=state == "partial", progress=progress)
+            print(f"{label}: test accuracy {result['test_accuracy']:.4f} "
+                  f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+        except FPTError as e:
+            if (run.run_dir / "result.json").exists():  # diverged: recorded, the sweep goes on
+                print(f"{label}: {e}", file=sys.stderr)
+            else:
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                (run.run_dir / "error.json").write_text(json.dumps({"error": str(e)}) + "\n")
+                print(f"{label}: failed: {e}", file=sys.stderr)
+
+
+def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
+    """Seconds per training step for each distinct (row, task), measured on this device."""
+    import torch
+
+    from fpt.train import build_experiment, loss_and_correct
+
+    measured: dict[tuple[str, str], float] = {}
+    rows = []
+    for run in runs:
+        if run.config is None:
+            continue
+        key = (run.row.slug, run.task)
+        if key not in measured:
+            try:
+                exp = build_experiment(run.config)
+                opt = torch.optim.Adam(exp.trainable, lr=run.config.lr) if exp.trainable else None
+                gen = torch.Generator().manual_seed(0)
+                times = []
+                for _ in range(timed_steps + 1):  # the first step warms up
+                    t = time.perf_counter()
+                    b = exp.data.train_batch(run.config.batch_size, gen).to(exp.device)
+                    loss, _ = loss_and_correct(exp.model(b.x, b.lengths), b.y)
+                    if opt is not None:
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                    times.append(time.perf_counter() - t)
+                measured[key] = sum(times[1:]) / timed_steps
+            except FPTError as e:
+                measured[key] = float("nan")
+                print(f"cannot time {run.row.name} / {run.task}: {e}", file=sys.stderr)
+        rows.append({"row": run.row.name, "task": run.task, "seed": run.seed, "lr": run.lr,
+                     "steps": run.config.steps, "s_per_step": measured[key],
+                     "est_s": measured[key] * run.config.steps * 1.1})  # +10% for evaluation
+    return rows

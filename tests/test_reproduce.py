@@ -1,0 +1,86 @@
+"""`fpt reproduce` / `fpt report` on a tiny matrix: files, resumability, divergence, tables, plots."""
+import csv
+import json
+
+import pytest
+
+from fpt.cli import main
+from fpt.reproduce import load_matrix, plan
+
+
+@pytest.fixture
+def tiny_matrix(tmp_path, tiny_backbones):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""
+name: tiny
+paper_table: T2
+tasks: [bit-xor, mnist]
+defaults: {{backbone: {tiny_backbones['gpt2']}}}
+rows:
+  - {{name: Pretrained, paper_row: FPT (GPT-2), config: {{init: pretrained}}}}
+  - {{name: Random, paper_row: Random init (frozen), config: {{init: random}}}}
+  - {{name: Exploding, config: {{train: all, lr: 1.0e+30, grad_clip: 0.0}}}}
+""")
+    return path
+
+
+def test_plan_covers_budget(tiny_matrix, tmp_path):
+    runs = plan(load_matrix(str(tiny_matrix)), budget="smoke", seeds=2, out=tmp_path / "o")
+    assert len(runs) == 3 * 2 * 2
+    skipped = [r for r in runs if r.config is None]
+    assert {r.task for r in skipped} == {"mnist"}  # smoke covers the bit tasks only
+
+
+def test_bad_row_fails_in_one_line(tiny_matrix, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_matrix.read_text() + "  - {name: Typo, config: {wings: 2}}\n")
+    assert main(["reproduce", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "row 'Typo'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["reproduce", str(tiny_matrix), "--budget", "smoke", "--seeds", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    for name in ("results.csv", "table.md", "curves_bit-xor.png",
+                 "steps_to_converge.png", "attention_bit_xor.png"):
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 3 * 2  # rows x seeds on bit-xor (mnist is not in the smoke budget)
+    assert {r["status"] for r in rows if r["row"] == "Exploding"} == {"diverged"}
+    table = (out / "table.md").read_text()
+    assert "± " in table and "(n=2)" in table and "[paper: 100]" in table and "diverged" in table
+
+    # rerun: finished runs are skipped, a half-done one resumes from its checkpoint
+    done = out / "runs" / "pretrained" / "bit-xor" / "lr0.001-seed0"
+    before = (done / "result.json").read_text()
+    partial = out / "runs" / "random" / "bit-xor" / "lr0.001-seed1"
+    expected = json.loads((partial / "result.json").read_text())
+    (partial / "result.json").unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("done already, skipped") == 3 * 2 - 1
+    assert "resuming" in err
+    assert (done / "result.json").read_text() == before
+    resumed = json.loads((partial / "result.json").read_text())
+    assert resumed["test_accuracy"] == expected["test_accuracy"]
+
+    # report alone rebuilds the same table
+    (out / "table.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "table.md").read_text() == table
+
+
+def test_dry_run_estimates(tiny_matrix, tmp_path, capsys):
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "estimated total" in out and "ms =" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_matrices_parse():
+    for name in ("table1", "pretraining", "params", "frozen-vs-unfrozen", "model-size", "layernorm", "compute"):
+        m = load_matrix(name)
+        assert m.rows and m.tasks
