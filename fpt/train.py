@@ -244,9 +244,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
     write_json_atomic(run_dir / RESULT, result)
     if status == "diverged":
-        last = state["last"] or {}
-        raise FPTError(f"run diverged at step {state['step'] + 1} (non-finite loss); last good test accuracy "
-                       f"{last.get('test_accuracy', float('nan')):.4f} is recorded in {run_dir / RESULT}")
+        last = state["last"]
+        good = f"last good test accuracy {last['test_accuracy']:.4f}" if last else "no evaluation before it"
+        raise FPTError(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
+                       f"recorded in {run_dir / RESULT}")
     return result
 
 
