@@ -29,11 +29,20 @@ class HFBody(nn.Module):
         self.model = backbone.model
         self.arch = backbone.arch
         self.width = backbone.width
-        _fit_positions(self.model, self.arch, seq_len)
+        _fit_positions(self.model, self.arch, seq_len + self.arch.position_offset)
+        # NOTE: a rotary model (Gemma) has no learned positions; FPT gives it a new table of its own,
+        # added to the inputs (the "positions" group). Its rotary encoding still applies inside attention.
+        self.positions = None
+        if self.arch.add_positions:
+            self.positions = nn.Embedding(seq_len, self.width)
+            nn.init.normal_(self.positions.weight, std=0.02)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = h.shape
-        kwargs = {"position_ids": torch.arange(t, device=h.device).unsqueeze(0)}
+        pos = torch.arange(t, device=h.device).unsqueeze(0)  # (1, T)
+        if self.positions is not None:
+            h = h + self.positions(pos)  # (B, T, D) + (1, T, D)
+        kwargs = {"position_ids": pos + self.arch.position_offset}
         if "token_type_ids" in self.arch.extra_forward_kwargs:
             kwargs["token_type_ids"] = torch.zeros(1, t, dtype=torch.long, device=h.device).expand(b, t)
         out = self.model(inputs_embeds=h, attention_mask=mask, use_cache=False, **kwargs)
@@ -115,6 +124,8 @@ def parameter_groups(model: FPT) -> dict[str, str]:
     body = model.body
     if isinstance(body, HFBody):
         groups.update({f"body.model.{n}": g for n, g in classify_body(body.model, body.arch).items()})
+        if body.positions is not None:
+            groups.update({f"body.positions.{n}": "positions" for n, _ in body.positions.named_parameters()})
         groups.update({f"body.model.{n}": "lora" for n in lora_parameter_names(body.model)})
     else:
         groups.update({f"body.{n}": g for n, g in body.parameter_groups().items()})

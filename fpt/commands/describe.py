@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"task {spec.name}: {shape}; output read from the last {spec.output_tokens} token(s), "
           f"{spec.num_targets} target(s) x {spec.num_classes} classes")
     print(f"training: {', '.join(cfg.train)}")
-    print(format_counts(count_parameters(model),
-                        note="positions: only the rows the task's sequence length uses count as trainable"))
+    note = "positions: only the rows the task's sequence length uses count as trainable"
+    if backbone is not None and backbone.arch.add_positions:
+        note += (f"\nNOTE: {backbone.arch.model_type} uses rotary positions and has no learned table; FPT adds "
+                 f"a new learned positional embedding ({spec.seq_len} x {backbone.width}) to its inputs")
+    print(format_counts(count_parameters(model), note=note))
     return 0
