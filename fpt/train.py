@@ -116,17 +116,26 @@ class _Progress:
             self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
                             mininterval=1.0, disable=None, leave=False)
         self.enabled = enabled
+        self.total, self.step, self.last_step, self.last_line = total, initial, initial, time.perf_counter()
 
     def update(self, n: int, **postfix):
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
+        elif self.enabled:  # not a terminal (a log file, CI): a plain line every 30 s
+            self.step += n
+            now = time.perf_counter()
+            if now - self.last_line >= 30:
+                rate = (self.step - self.last_step) / (now - self.last_line)
+                print(f"step {self.step}/{self.total}  {' '.join(f'{k} {v}' for k, v in postfix.items())}"
+                      f"  {rate:.2f} steps/s", file=sys.stderr, flush=True)
+                self.last_line, self.last_step = now, self.step
 
     def write(self, line: str):
         if not self.enabled:
             return
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.write(line, file=sys.stderr)
         else:
             print(line, file=sys.stderr)
