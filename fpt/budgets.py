@@ -44,7 +44,7 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
         "mnist": TaskBudget(steps=20_000, eval_every=1000, target_accuracy=0.98),
         "cifar10": TaskBudget(steps=400_000, eval_every=10_000, target_accuracy=0.68),
         "cifar10-lra": TaskBudget(steps=600_000, eval_every=10_000, target_accuracy=0.38),
-        "remote-homology": TaskBudget(steps=100_000, eval_every=5_000, target_accuracy=0.12),
+        "homology": TaskBudget(steps=100_000, eval_every=5_000, target_accuracy=0.12),
     },
 }
 

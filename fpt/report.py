@@ -19,7 +19,7 @@ from fpt.errors import FPTError
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 # Our task names -> the reference file's columns.
 PAPER_COLUMNS = {"bit-memory": "bit_memory", "bit-xor": "bit_xor", "listops": "listops", "mnist": "mnist",
-                 "cifar10": "cifar10", "cifar10-lra": "cifar10_lra", "remote-homology": "remote_homology"}
+                 "cifar10": "cifar10", "cifar10-lra": "cifar10_lra", "homology": "remote_homology"}
 CSV_FIELDS = ["row", "task", "seed", "lr", "status", "steps", "test_accuracy", "val_accuracy",
               "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "trainable_params",
               "total_params", "wall_time_s", "backbone", "init", "train", "weights_sha256", "device", "run_dir",

@@ -1,0 +1,338 @@
+"""`fpt bench`: how fast fpt trains, against the paper's loop and against the hardware.
+
+Three measurements, all in one process on one device:
+
+1. The device's dense matmul peak (fp32 and bf16), timed here, the denominator of MFU.
+2. fpt's own loop: `fpt.train.train_step` on batches from `TaskData.train_batch`, exactly what
+   `fpt train` runs, in fp32 and in bf16; evaluation as `fpt.train.evaluate` does it.
+3. A reference loop built the way the paper's published code is built: the Hugging Face model in
+   fp32 with eager attention, a torch DataLoader of per-sample items, each batch moved to the device,
+   micro-batches of 16 with gradient accumulation, evaluation with the autograd graph still built.
+
+FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` on one real step, so they
+include what autograd really runs: no weight gradients for frozen weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fpt.config import TrainConfig
+from fpt.errors import FPTError
+from fpt.tasks import Batch
+from fpt.train import Experiment, build_experiment, loss_and_correct, train_step
+
+REFERENCE_MICRO_BATCH = 16  # the paper's code: batch 16, gradient accumulation to the global batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# measuring tools
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak on a GPU, sampled process RSS on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_bytes = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import psutil
+
+        proc, self._stop = psutil.Process(), threading.Event()
+        self.peak_bytes = proc.memory_info().rss
+
+        def sample():
+            while not self._stop.wait(0.01):
+                self.peak_bytes = max(self.peak_bytes, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    @property
+    def kind(self) -> str:
+        return "cuda allocated" if self.device.type == "cuda" else "process RSS"
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.0) -> float:
+    """Dense (n x n) @ (n x n) FLOP/s, best of a few sizes: the device's achievable peak."""
+    best = 0.0
+    for n in ((1024, 2048) if device.type == "cpu" else (4096, 8192)):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.mm(a, b)  # warm-up: kernels chosen, caches filled
+        _sync(device)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            torch.mm(a, b)
+            reps += 1
+            _sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def count_flops(fn) -> int:
+    """FLOPs (multiply-add = 2) that `fn()` runs, as counted by torch's dispatcher."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass
+class LoopFigures:
+    name: str
+    precision: str
+    train_steps_per_s: float
+    train_tokens_per_s: float
+    eval_tokens_per_s: float
+    peak_memory_mb: float
+    flops_per_step: int
+    achieved_tflops: float
+    mfu: float  # achieved FLOP/s over the measured matmul peak of the same dtype
+
+    def row(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _time(step, n: int, device: torch.device) -> float:
+    """Seconds per call of `step`, median of n calls (a slow outlier does not count)."""
+    times = []
+    for _ in range(n):
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# fpt's loop
+
+
+def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+    exp = build_experiment(cfg)
+    optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tokens = cfg.batch_size * exp.data.spec.seq_len
+
+    def step():
+        batch = exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True)
+        train_step(exp, optimizer, batch)
+
+    exp.model.train()
+    with PeakMemory(exp.device) as mem:
+        for _ in range(warmup):
+            step()
+        flops = count_flops(step)
+        s_per_step = _time(step, steps, exp.device)
+        eval_tps = _eval_tokens_per_s(exp, eval_batches, graph=False)
+    return LoopFigures("fpt", cfg.precision, 1 / s_per_step, tokens / s_per_step, eval_tps,
+                       mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak)
+
+
+def _eval_tokens_per_s(exp: Experiment, n_batches: int, *, graph: bool, batch_size: int | None = None) -> float:
+    """Forward passes over the first `n_batches` test batches, as `evaluate` runs them (or, with
+    `graph`, the paper's way: eval mode, but the autograd graph still built)."""
+    cfg = exp.cfg
+    batches = []
+    for batch in exp.data.eval_batches("test", batch_size or cfg.eval_batch_size):
+        batches.append(batch)
+        if len(batches) >= n_batches:
+            break
+    tokens = sum(b.x.shape[0] * b.x.shape[1] for b in batches)
+    exp.model.eval()
+    ctx = contextlib.nullcontext if graph else torch.inference_mode
+    autocast = torch.autocast(exp.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def run():
+        with ctx(), autocast:
+            for b in batches:
+                b = b.to(exp.device)
+                exp.model(b.x, b.lengths).float().argmax(-1)
+
+    run()  # warm-up
+    seconds = _time(run, 2, exp.device)
+    exp.model.train()
+    return tokens / seconds
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reference loop: built the way the paper's published code is built
+
+
+class PerSampleDataset(Dataset):
+    """One example per `__getitem__`, transformed on its own (the torchvision-transform way)."""
+
+    def __init__(self, exp: Experiment, seed: int):
+        self.data, self.seed = exp.data, seed
+
+    def __len__(self) -> int:
+        return 1 << 30  # sampled with replacement, like fpt's loop
+
+    def __getitem__(self, i: int):
+        b = self.data.train_batch(1, torch.Generator().manual_seed(self.seed * 1_000_003 + i))
+        length = b.lengths[0] if b.lengths is not None else torch.tensor(b.x.shape[1])
+        return b.x[0], b.y[0], length
+
+
+def _pad_collate(items):
+    xs, ys, lengths = zip(*items)
+    t = max(x.shape[0] for x in xs)
+    x = torch.stack([F.pad(x, (0, 0) * (x.dim() - 1) + (0, t - x.shape[0])) for x in xs])
+    return x, torch.stack(ys), torch.stack(lengths)
+
+
+def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+    ref_cfg = dataclasses.replace(cfg, precision="fp32", attn_implementation="eager", cache_features=False)
+    exp = build_experiment(ref_cfg)
+    optimizer = torch.optim.Adam(exp.model.parameters(), lr=cfg.lr)  # the paper passes every parameter
+    micro = min(REFERENCE_MICRO_BATCH, cfg.batch_size)
+    if cfg.batch_size % micro:
+        raise FPTError(f"the reference loop accumulates micro-batches of {micro}: --batch-size must be a multiple")
+    accum = cfg.batch_size // micro
+    loader = iter(DataLoader(PerSampleDataset(exp, cfg.seed), batch_size=micro, shuffle=False,
+                             collate_fn=_pad_collate, num_workers=0))
+    padded = exp.data.spec.padded
+    tokens = cfg.batch_size * exp.data.spec.seq_len
+
+    def step():
+        optimizer.zero_grad()
+        for _ in range(accum):
+            x, y, lengths = next(loader)
+            x, y, lengths = x.to(exp.device), y.to(exp.device), lengths.to(exp.device)
+            loss, _ = loss_and_correct(exp.model(x, lengths if padded else None), y)
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(exp.model.parameters(), cfg.grad_clip)
+        optimizer.step()
+
+    exp.model.train()
+    with PeakMemory(exp.device) as mem:
+        for _ in range(warmup):
+            step()
+        flops = count_flops(step)
+        s_per_step = _time(step, steps, exp.device)
+        eval_tps = _eval_tokens_per_s(exp, eval_batches * max(cfg.eval_batch_size // micro, 1), graph=True,
+                                      batch_size=micro)
+    return LoopFigures("reference", "fp32", 1 / s_per_step, tokens / s_per_step, eval_tps,
+                       mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command's body
+
+
+def _isolated(fn, *args, **kwargs):
+    """Run one loop's measurement in a fresh process on the CPU, so its peak RSS is its own (the
+    CPU has no allocator statistics, and freed memory is not returned to the OS between loops)."""
+    from fpt.utils import pick_device
+
+    if pick_device(args[0].device).type != "cpu":
+        return fn(*args, **kwargs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches: int = 2,
+              precisions: tuple[str, ...] = ("fp32", "bf16"), reference: bool = True,
+              log=print) -> dict:
+    """Every figure of `fpt bench` for one (task, backbone, batch, sequence length), as a dict."""
+    from fpt.utils import device_name, pick_device
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(0)
+    peaks = {p: matmul_peak_flops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
+    log(f"device: {device_name(device)}; dense matmul peak fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s (measured now)")
+    loops = []
+    for precision in precisions:
+        fig = _isolated(bench_fpt, dataclasses.replace(cfg, precision=precision), steps=steps, warmup=warmup,
+                        eval_batches=eval_batches, peak=peaks[precision])
+        loops.append(fig)
+        log(_line(fig))
+    if reference:
+        ref = _isolated(bench_reference, cfg, steps=steps, warmup=warmup, eval_batches=eval_batches, peak=peaks["fp32"])
+        loops.append(ref)
+        log(_line(ref))
+    seq_len = build_experiment_spec(cfg).seq_len
+    out = {"task": cfg.task, "backbone": cfg.backbone, "batch_size": cfg.batch_size, "seq_len": seq_len,
+           "device": device_name(device), "threads": torch.get_num_threads(),
+           "matmul_peak_tflops": {p: round(v / 1e12, 4) for p, v in peaks.items()},
+           "loops": [f.row() for f in loops]}
+    if reference:
+        ref = loops[-1]
+        out["speedup_train"] = {f.precision: round(f.train_tokens_per_s / ref.train_tokens_per_s, 2)
+                                for f in loops[:-1]}
+        out["speedup_eval"] = {f.precision: round(f.eval_tokens_per_s / ref.eval_tokens_per_s, 2)
+                               for f in loops[:-1]}
+        for p, r in out["speedup_train"].items():
+            log(f"speedup over the reference loop ({p}): training {r:.2f}x, evaluation {out['speedup_eval'][p]:.2f}x")
+    return out
+
+
+def build_experiment_spec(cfg: TrainConfig):
+    from fpt.tasks import build_task
+
+    return build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options).spec
+
+
+def _line(f: LoopFigures) -> str:
+    return (f"{f.name:<9} {f.precision:<4}  train {f.train_steps_per_s:7.2f} steps/s {f.train_tokens_per_s:10,.0f} tok/s  "
+            f"eval {f.eval_tokens_per_s:10,.0f} tok/s  peak {f.peak_memory_mb:8,.0f} MB  "
+            f"{f.flops_per_step / 1e9:8.1f} GFLOP/step  {f.achieved_tflops:.3f} TFLOP/s  MFU {f.mfu:6.1%}")
+
+
+def run_scaling(cfg: TrainConfig, *, seq_lens: list[int], batch_sizes: list[int], steps: int = 3,
+                warmup: int = 1, log=print) -> list[dict]:
+    """fpt's training step over a grid of sequence lengths and batch sizes (synthetic inputs)."""
+    from fpt.utils import pick_device
+
+    device = pick_device(cfg.device)
+    peak = matmul_peak_flops(device, torch.float32 if cfg.precision == "fp32" else torch.bfloat16)
+    rows = []
+    for t in seq_lens:
+        for b in batch_sizes:
+            c = dataclasses.replace(cfg, task="synthetic", batch_size=b, patch_size=None,
+                                    task_options={"seq_len": t, "token_dim": 16, "num_classes": 10,
+                                                  "eval_examples": b})
+            f = _isolated(bench_fpt, c, steps=steps, warmup=warmup, eval_batches=1, peak=peak)
+            rows.append({"seq_len": t, "batch_size": b, "precision": cfg.precision,
+                         "ms_per_step": round(1000 / f.train_steps_per_s, 1),
+                         "tokens_per_s": round(f.train_tokens_per_s), "flops_per_step": f.flops_per_step,
+                         "gflop_per_step": round(f.flops_per_step / 1e9, 2),
+                         "tflops": round(f.achieved_tflops, 3), "mfu": round(f.mfu, 4),
+                         "peak_memory_mb": round(f.peak_memory_mb)})
+            r = rows[-1]
+            log(f"seq {t:>5}  batch {b:>3}  {r['ms_per_step']:9.1f} ms/step  {r['tokens_per_s']:>9,} tok/s  "
+                f"{r['gflop_per_step']:8.1f} GFLOP/step  MFU {r['mfu']:.1%}")
+    return rows

@@ -1,0 +1,73 @@
+"""`fpt bench`: both loops run and report consistent figures; FLOP counting sees the frozen body."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fpt.bench import bench_fpt, bench_reference, count_flops, run_bench
+from fpt.cli import main
+from fpt.config import from_dict
+from fpt.train import build_experiment
+
+
+def _cfg(folder, tmp_path, **kw):
+    return from_dict({"task": "bit-xor", "backbone": folder, "init": "random", "batch_size": 32,
+                      "eval_batch_size": 64, "device": "cpu", "run_dir": str(tmp_path / "run"),
+                      "task_options": {"eval_examples": 64}, **kw})
+
+
+def test_frozen_body_skips_weight_gradients(tiny_backbones, tmp_path):
+    """FLOPs of a step with the body frozen are well below those with everything training: autograd
+    computes no weight gradients for frozen weights (about 1/3 of a full step's matmul FLOPs)."""
+    counts = {}
+    for train in ("fpt", "all"):
+        exp = build_experiment(_cfg(tiny_backbones["gpt2"], tmp_path, train=train))
+        batch = exp.data.train_batch(32, torch.Generator().manual_seed(0))
+
+        def step():
+            exp.model(batch.x).sum().backward()
+
+        counts[train] = count_flops(step)
+    assert counts["fpt"] < 0.8 * counts["all"]
+
+
+@pytest.mark.parametrize("loop", [bench_fpt, bench_reference])
+def test_loops_report_finite_figures(tiny_backbones, tmp_path, loop):
+    fig = loop(_cfg(tiny_backbones["bert"], tmp_path), steps=2, warmup=1, eval_batches=1, peak=1e12)
+    assert fig.train_steps_per_s > 0 and fig.eval_tokens_per_s > 0 and fig.peak_memory_mb > 0
+    assert fig.flops_per_step > 0 and 0 < fig.mfu < 1
+    # tokens/s is steps/s times batch x sequence length (bit-xor: 10 tokens)
+    assert fig.train_tokens_per_s == pytest.approx(fig.train_steps_per_s * 32 * 10)
+
+
+def test_reference_counts_the_same_flops_as_fpt_in_fp32(tiny_backbones, tmp_path):
+    """Two micro-batches of 16 do the work of one batch of 32: the speedup is not less work."""
+    cfg = _cfg(tiny_backbones["gpt2"], tmp_path, dropout=0.0, attn_implementation="eager")
+    ours = bench_fpt(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
+    ref = bench_reference(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
+    assert ours.flops_per_step == pytest.approx(ref.flops_per_step, rel=0.02)
+
+
+def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
+                 "--device", "cpu", "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1",
+                 "--task-options", "{eval_examples: 32}", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert [loop["name"] for loop in result["loops"]] == ["fpt", "fpt", "reference"]
+    assert set(result["speedup_train"]) == {"fp32", "bf16"}
+    assert "speedup over the reference loop" in printed
+    assert json.loads(out.read_text()) == result
+
+
+def test_scaling_grid(tiny_backbones, tmp_path):
+    from fpt.bench import run_scaling
+
+    rows = run_scaling(_cfg(tiny_backbones["gpt2"], tmp_path), seq_lens=[8, 32], batch_sizes=[2], steps=1,
+                       warmup=0, log=lambda *_: None)
+    assert [(r["seq_len"], r["batch_size"]) for r in rows] == [(8, 2), (32, 2)]
+    assert rows[1]["flops_per_step"] > 3 * rows[0]["flops_per_step"]  # 4x the tokens
