@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FPTError as e:
-        print(f"fpt: error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"fpt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fpt: interrupted (a run resumes from its last checkpoint with --resume)", file=sys.stderr)

@@ -7,3 +7,6 @@ non-zero exit, so bad input never surfaces as a traceback.
 
 class FPTError(Exception):
     """A user-facing error: the message is one line that says what to fix."""
+
+    #: True in a torchrun worker whose error rank 0 prints: the CLI exits without repeating it.
+    quiet: bool = False

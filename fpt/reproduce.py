@@ -129,30 +129,49 @@ def run_state(run: PlannedRun) -> str:
     return "todo"
 
 
+def label(run: PlannedRun) -> str:
+    return f"{run.row.name} / {run.task} / lr {run.lr:g} / seed {run.seed}"
+
+
+def record_error(run: PlannedRun, message: str) -> None:
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "error.json").write_text(json.dumps({"error": message}) + "\n")
+
+
+def train_run(run: PlannedRun, *, progress: bool = True) -> str:
+    """Train one planned run from where it stands; returns one line saying how it ended.
+
+    A partial run resumes from its checkpoint. Failures are recorded in the run directory
+    (result.json for a diverged run, error.json otherwise), never raised, so a sweep goes on.
+    Used by `execute` and by every Ray task (fpt/ray_sweep.py).
+    """
+    from fpt.train import METRICS, train
+
+    state = run_state(run)
+    if state == "done":
+        return "done already, skipped"
+    if state == "todo" and (run.run_dir / METRICS).exists():
+        (run.run_dir / METRICS).unlink()  # from an attempt killed before its first checkpoint
+    started = time.perf_counter()
+    try:
+        result = train(run.config, resume=state == "partial", progress=progress)
+        return f"test accuracy {result['test_accuracy']:.4f} ({time.perf_counter() - started:.0f}s)"
+    except FPTError as e:
+        if (run.run_dir / "result.json").exists():  # diverged: recorded, the sweep goes on
+            return str(e)
+        record_error(run, str(e))
+        return f"failed: {e}"
+
+
 def execute(runs: list[PlannedRun], *, progress: bool = True) -> None:
     """Run every planned run in order, skipping finished ones, resuming partial ones."""
-    from fpt.train import train
-
     todo = [r for r in runs if r.config is not None]
     for i, run in enumerate(todo, 1):
         state = run_state(run)
-        label = f"[{i}/{len(todo)}] {run.row.name} / {run.task} / lr {run.lr:g} / seed {run.seed}"
-        if state == "done":
-            print(f"{label}: done already, skipped", file=sys.stderr)
-            continue
-        print(f"{label}: {'resuming' if state == 'partial' else 'starting'}", file=sys.stderr)
-        started = time.perf_counter()
-        try:
-            result = train(run.config, resume=state == "partial", progress=progress)
-            print(f"{label}: test accuracy {result['test_accuracy']:.4f} "
-                  f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
-        except FPTError as e:
-            if (run.run_dir / "result.json").exists():  # diverged: recorded, the sweep goes on
-                print(f"{label}: {e}", file=sys.stderr)
-            else:
-                run.run_dir.mkdir(parents=True, exist_ok=True)
-                (run.run_dir / "error.json").write_text(json.dumps({"error": str(e)}) + "\n")
-                print(f"{label}: failed: {e}", file=sys.stderr)
+        if state != "done":
+            print(f"[{i}/{len(todo)}] {label(run)}: {'resuming' if state == 'partial' else 'starting'}",
+                  file=sys.stderr)
+        print(f"[{i}/{len(todo)}] {label(run)}: {train_run(run, progress=progress)}", file=sys.stderr)
 
 
 def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:

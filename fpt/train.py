@@ -5,6 +5,9 @@ One run writes into its run directory:
   metrics.jsonl   one record per evaluation (train loss/accuracy since the last one, val and test)
   checkpoint.pt   trainable weights, optimizer and every RNG state (for --resume)
   result.json     the final record (see `_result`)
+
+Under torchrun (`fpt train --nproc N`) every process runs `train`; fpt/distributed.py says what
+differs between them (sharded batches, DDP, rank 0 writes).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
 from fpt.config import TrainConfig, save_yaml
+from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
 from fpt.model import FPT, count_parameters, summarize_counts
@@ -48,13 +52,19 @@ class Experiment:
     model: FPT
     device: torch.device
     cache: FeatureCache | None = None  # output-only training from cached features
+    ranks: Ranks = field(default_factory=Ranks)  # data-parallel processes (one without torchrun)
+    ddp: torch.nn.Module | None = None  # `model` wrapped in DistributedDataParallel under torchrun
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.cache.logits(x, lengths) if self.cache is not None else self.model(x, lengths)
+        if self.cache is not None:
+            return self.cache.logits(x, lengths)
+        if self.ddp is not None and torch.is_grad_enabled():  # a training step: gradients all-reduced
+            return self.ranks.agree_finite(self.ddp(x, lengths))
+        return self.model(x, lengths)
 
     def weights_sha256(self) -> str:
         """Hash of the body's weights as built (all of them train in the LSTM row: nothing to check)."""
@@ -92,16 +102,22 @@ def evaluate(exp: Experiment, split: str) -> dict[str, float]:
     model, cfg = exp.model, exp.cfg
     was_training = model.training
     model.eval()
-    loss_sum, correct, targets = 0.0, 0, 0
-    for batch in exp.data.eval_batches(split, cfg.eval_batch_size):
+    ranks, parts = exp.ranks, []  # (batch index, loss sum, correct, targets) per batch evaluated here
+    for i, batch in enumerate(exp.data.eval_batches(split, cfg.eval_batch_size)):
+        if i % ranks.world_size != ranks.rank:
+            continue  # under torchrun, rank r takes batches r, r+W, r+2W, ...
         batch = batch.to(exp.device)
         with _autocast(cfg, exp.device):
             logits = exp.logits(batch.x, batch.lengths)
         loss, right = loss_and_correct(logits, batch.y)
-        loss_sum += loss.item() * batch.y.numel()
-        correct += int(right)
-        targets += batch.y.numel()
+        parts.append((i, loss.item() * batch.y.numel(), int(right), batch.y.numel()))
     model.train(was_training)
+    loss_sum, correct, targets = 0.0, 0, 0
+    for _, part_loss, part_correct, part_targets in sorted(p for rank_parts in ranks.gather(parts)
+                                                           for p in rank_parts):
+        loss_sum += part_loss  # in batch order: the same sum as one process
+        correct += part_correct
+        targets += part_targets
     return {"accuracy": correct / max(targets, 1), "loss": loss_sum / max(targets, 1)}
 
 
@@ -174,6 +190,17 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
+def _load_checkpoint(run_dir: Path, cfg: TrainConfig, weights_sha: str) -> dict:
+    path = run_dir / CHECKPOINT
+    if not path.exists():  # rank 0 found it: this process runs on another machine
+        raise FPTError(f"cannot read {path}: processes on several machines need --run-dir on shared storage")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    _check_resumable(ckpt["config"], cfg)
+    if ckpt["weights_sha256"] != weights_sha:
+        raise FPTError("cannot resume: the frozen backbone weights differ from the checkpoint's")
+    return ckpt
+
+
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
@@ -183,9 +210,19 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Train one run to `cfg.steps` (or early stop) and return its result record."""
-    run_dir = _prepare_run_dir(cfg, resume)
-    exp = build_experiment(cfg)  # before any file is written: bad input leaves nothing behind
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ranks = setup(cfg)  # torchrun's process group, or one process
+    try:
+        return _train(cfg, ranks, resume=resume, progress=progress)
+    finally:
+        ranks.close()
+
+
+def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> dict:
+    run_dir = ranks.agree(lambda: _prepare_run_dir(cfg, resume), main_only=True)
+    # before any file is written: bad input leaves nothing behind
+    exp = ranks.agree(lambda: build_experiment(cfg))
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     model, device = exp.model, exp.device
     optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
@@ -194,22 +231,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
              "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
 
+    ckpt = {}
     if resume:
-        ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        _check_resumable(ckpt["config"], cfg)
-        if ckpt["weights_sha256"] != weights_sha:
-            raise FPTError("cannot resume: the frozen backbone weights differ from the checkpoint's")
+        ckpt = ranks.agree(lambda: _load_checkpoint(run_dir, cfg, weights_sha))
         model.load_state_dict(ckpt["trainable"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], gen)
         state.update(ckpt["state"])
-        _truncate_metrics(run_dir / METRICS, state["step"])
-    save_yaml(cfg, run_dir / "config.yaml")
+        if ranks.is_main:
+            _truncate_metrics(run_dir / METRICS, state["step"])
+    ranks.start_streams(cfg.seed, state["step"], ckpt.get("rank_rng"))  # dropout RNG of ranks > 0
+    ranks.attach(exp)  # under torchrun: sharded batches, DDP
+    if ranks.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
 
-    bar = _Progress(cfg.steps, state["step"], progress)
+    bar = _Progress(cfg.steps, state["step"], progress and ranks.is_main)
     bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
               f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
-              f"({counts['trainable_pct']:.3f}%) on {device_name(device)} -> {run_dir}")
+              f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{ranks.describe()} -> {run_dir}")
     model.train()
     started = time.perf_counter() - state["elapsed"]
     status = "finished"
@@ -237,11 +276,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
                 bar.write(f"step {record['step']:>7}  loss {record['train_loss']:.4f}  "
                           f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}  "
                           f"test {record['test_accuracy']:.4f}  ({record['elapsed_s']:.0f}s)")
-                torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
-                                   "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
-                                                 if p.requires_grad},
-                                   "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
-                                   "state": dict(state)}, run_dir / CHECKPOINT)
+                rank_rng = ranks.stream_states()  # every rank's dropout RNG (None in one process)
+                if ranks.is_main:  # the unwrapped model's names: resumable at any world size
+                    torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
+                                       "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
+                                                     if p.requires_grad},
+                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
+                                       "rank_rng": rank_rng, "state": dict(state)}, run_dir / CHECKPOINT)
                 if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
                     status = "early_stopped"
                     break
@@ -249,13 +290,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         bar.close()
 
     result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
-    if cfg.export_backbone and status != "diverged":
+    if cfg.export_backbone and status != "diverged" and ranks.is_main:
         result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
-    write_json_atomic(run_dir / RESULT, result)
+    if ranks.is_main:
+        write_json_atomic(run_dir / RESULT, result)
+    ranks.barrier()  # every rank returns (or raises) once rank 0 has written the result
     if status == "diverged":
         last = state["last"]
         good = f"last good test accuracy {last['test_accuracy']:.4f}" if last else "no evaluation before it"
-        raise FPTError(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
+        raise ranks.error(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
                        f"recorded in {run_dir / RESULT}")
     return result
 
@@ -263,6 +306,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
 def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: float) -> dict:
     val = evaluate(exp, "val") if "val" in exp.data.splits else None
     test = evaluate(exp, "test")
+    if exp.ranks.enabled:  # each rank summed its own shards since the last evaluation
+        loss_sum, right, count = exp.ranks.sum(state["run_loss"], state["run_correct"], state["run_targets"])
+        state.update(run_loss=loss_sum, run_correct=round(right), run_targets=round(count))
     targets = max(state["run_targets"], 1)
     record = {"step": state["step"], "train_loss": state["run_loss"] / targets,
               "train_accuracy": state["run_correct"] / targets,
@@ -273,8 +319,9 @@ def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: floa
     if record["val_accuracy"] > state["best_val"]:
         state.update(best_val=record["val_accuracy"], best_step=record["step"],
                      test_at_best=record["test_accuracy"])
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if exp.ranks.is_main:
+        with open(run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
     return record
 
 

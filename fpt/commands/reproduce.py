@@ -28,6 +28,14 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-sweep", help="comma-separated learning rates; each cell's is chosen on validation")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and a time estimate")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run each run as a Ray task (pip install 'fpt[ray]'): no ADDRESS starts a local Ray "
+                        "instance; auto, HOST:PORT or ray://HOST:PORT uses that cluster (--out on shared storage)")
+    p.add_argument("--ray-cpus", type=float, help="CPUs per run on Ray (default 1)")
+    p.add_argument("--ray-gpus", type=float,
+                   help="GPUs per run on Ray (default 1 where the cluster has GPUs, else 0; 0.5 packs two runs)")
+    p.add_argument("--ray-retries", type=int, default=3,
+                   help="times Ray retries a run whose worker died; it resumes from its checkpoint (default 3)")
     p.set_defaults(func=run_reproduce)
 
     r = sub.add_parser("report", help="rebuild results.csv, table.md and plots from a reproduce folder")
@@ -41,6 +49,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")
+    sweep = None  # fpt.ray_sweep, with --ray
+    if args.ray is not None and not args.dry_run:
+        from fpt import ray_sweep as sweep
+
+        sweep.require_ray()  # before anything is planned or written
     matrix = load_matrix(args.matrix)
     out = Path(args.out or f"results/{matrix.name}-{args.budget}")
     runs = plan(matrix, budget=args.budget, seeds=args.seeds, out=out, backbone=args.backbone,
@@ -60,6 +73,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
                   f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
         print(f"estimated total: {total / 3600:.2f} h on this device (training steps timed here, +10% for eval)")
         return 0
+    ray = None
+    if sweep is not None and any(run_state(r) != "done" for r in planned):
+        ray = sweep.connect(args.ray)  # an unreachable cluster: one line, nothing written
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(find_matrix(args.matrix), out / "matrix.yaml")
     (out / "sweep.json").write_text(json.dumps({"matrix": matrix.name, "budget": args.budget,
@@ -68,7 +84,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
     done = sum(run_state(r) == "done" for r in planned)
     if done:
         print(f"{done} of {len(planned)} runs already finished: skipped")
-    execute(runs, progress=not args.quiet)
+    if sweep is not None:
+        sweep.execute(ray, runs, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
+                      retries=args.ray_retries)
+    else:
+        execute(runs, progress=not args.quiet)
     from fpt.report import report
 
     print(report(out, budget=args.budget))
