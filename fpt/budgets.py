@@ -22,6 +22,7 @@ class TaskBudget:
     batch_size: int = 32
     target_accuracy: float = 0.99  # "converged" for the steps-to-converge plot and the compute table
     task_options: dict | None = None  # e.g. smaller held-out sets for the synthetic tasks in `smoke`
+    precision: str | None = None  # None: the config's (fp32); "bf16" where a budget buys speed with it
 
 
 BUDGETS: dict[str, dict[str, TaskBudget]] = {

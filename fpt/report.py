@@ -127,8 +127,8 @@ def write_table(matrix, records: list[dict], path: Path, *, budget: str | None =
         lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Cells not run:"] + sorted(set(notes))
-    lines += ["", "Skipped cells are tasks the budget does not cover"
-              + (f" (budget {budget})." if budget else ".")]
+    lines += ["", "Skipped cells were not run: tasks the budget does not cover"
+              + (f" (budget {budget})" if budget else "") + ", or rows and tasks left out with --rows / --tasks."]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

@@ -90,12 +90,21 @@ def load_matrix(ref: str) -> Matrix:
 
 
 def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | None = None,
-         lrs: list[float] | None = None) -> list[PlannedRun]:
+         lrs: list[float] | None = None, rows: list[str] | None = None,
+         tasks: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of the matrix; `rows` / `tasks` (names) keep a subset, the rest are listed as skipped."""
     budgets = get_budget(budget)
+    for wanted, have, what in ((rows, [r.name for r in matrix.rows], "row"), (tasks, matrix.tasks, "task")):
+        unknown = sorted(set(wanted or []) - set(have))
+        if unknown:
+            raise FPTError(f"matrix {matrix.name!r} has no {what} {', '.join(map(repr, unknown))}; "
+                           f"it has: {', '.join(have)}")
     runs = []
     for row in matrix.rows:
         for task in matrix.tasks:
             tb: TaskBudget | None = budgets.get(task)
+            if (rows and row.name not in rows) or (tasks and task not in tasks):
+                tb = None
             for seed in range(seeds):
                 for lr in lrs or [None]:
                     values = {**matrix.defaults, **row.config, "task": task, "seed": seed}
@@ -106,11 +115,14 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                     lr_value = float(values.get("lr", TrainConfig.lr))
                     run_dir = out / "runs" / row.slug / task / f"lr{lr_value:g}-seed{seed}"
                     if tb is None:
-                        runs.append(PlannedRun(row, task, seed, lr_value, run_dir, None,
-                                               f"budget {budget!r} does not cover {task}"))
+                        why = (f"budget {budget!r} does not cover {task}" if task not in budgets
+                               else "left out by --rows / --tasks")
+                        runs.append(PlannedRun(row, task, seed, lr_value, run_dir, None, why))
                         continue
                     values.update(steps=tb.steps, eval_every=tb.eval_every, run_dir=str(run_dir))
                     values.setdefault("batch_size", tb.batch_size)
+                    if tb.precision:
+                        values.setdefault("precision", tb.precision)
                     if tb.task_options:
                         values["task_options"] = {**tb.task_options, **values.get("task_options", {})}
                     try:
@@ -175,31 +187,45 @@ def execute(runs: list[PlannedRun], *, progress: bool = True) -> None:
 
 
 def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
-    """Seconds per training step for each distinct (row, task), measured on this device."""
+    """Seconds per training step for each distinct (row, task), measured on this device.
+
+    Steps run on random inputs of the task's shape (the task spec's sequence length, token width or
+    vocabulary, and targets), so a plan can be priced before any dataset is downloaded; the compute
+    of a step does not depend on the values in it (padded tasks are timed at their maximum length).
+    """
     import torch
 
-    from fpt.train import build_experiment, loss_and_correct
+    from fpt.bodies import build_model
+    from fpt.tasks import Batch, build_task
+    from fpt.train import loss_and_correct
+    from fpt.utils import pick_device
 
     measured: dict[tuple[str, str], float] = {}
     rows = []
     for run in runs:
         if run.config is None:
             continue
-        key = (run.row.slug, run.task)
+        cfg, key = run.config, (run.row.slug, run.task)
         if key not in measured:
             try:
-                exp = build_experiment(run.config)
-                opt = torch.optim.Adam(exp.trainable, lr=run.config.lr) if exp.trainable else None
-                gen = torch.Generator().manual_seed(0)
+                spec = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options).spec
+                device = pick_device(cfg.device)
+                model = build_model(cfg, spec)[0].to(device).train()
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                opt = torch.optim.Adam(trainable, lr=cfg.lr) if trainable else None
+                batch = _random_batch(spec, cfg.batch_size, torch.Generator().manual_seed(0)).to(device)
                 times = []
                 for _ in range(timed_steps + 1):  # the first step warms up
                     t = time.perf_counter()
-                    b = exp.data.train_batch(run.config.batch_size, gen).to(exp.device)
-                    loss, _ = loss_and_correct(exp.model(b.x, b.lengths), b.y)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                        logits = model(batch.x, batch.lengths)
+                    loss, _ = loss_and_correct(logits, batch.y)
                     if opt is not None:
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
                     times.append(time.perf_counter() - t)
                 measured[key] = sum(times[1:]) / timed_steps
             except FPTError as e:
@@ -209,3 +235,17 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
                      "steps": run.config.steps, "s_per_step": measured[key],
                      "est_s": measured[key] * run.config.steps * 1.1})  # +10% for evaluation
     return rows
+
+
+def _random_batch(spec, batch_size: int, gen) -> "Batch":
+    """A batch of the task's shape with random values (for timing only)."""
+    import torch
+
+    from fpt.tasks import Batch
+
+    b, t = batch_size, spec.seq_len
+    y = torch.randint(0, spec.num_classes, (b, spec.num_targets), generator=gen)
+    if spec.input_kind == "tokens":
+        x = torch.randint(1, spec.vocab_size, (b, t), generator=gen)  # (B, T) ids, 0 is padding
+        return Batch(x, y, torch.full((b,), t) if spec.padded else None)
+    return Batch(torch.randn((b, t, spec.token_dim), generator=gen), y)  # (B, T, D)

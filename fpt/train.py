@@ -30,7 +30,7 @@ from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
 from fpt.model import FPT, count_parameters, summarize_counts
-from fpt.tasks import TaskData, build_task
+from fpt.tasks import Batch, TaskData, build_task
 from fpt.utils import (device_name, pick_device, seed_everything, torch_save_atomic, versions,
                        write_json_atomic)
 
@@ -93,6 +93,26 @@ def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     logits = logits.float()  # (B, N, C)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     correct = (logits.argmax(-1) == y).sum()
+    return loss, correct
+
+
+def train_step(exp: Experiment, optimizer: torch.optim.Optimizer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on `batch` (already on the device); returns (loss, correct).
+
+    A non-finite loss is returned before any update, so the caller can record the divergence
+    with the weights of the last good step. `fpt bench` times exactly this function.
+    """
+    cfg = exp.cfg
+    with _autocast(cfg, exp.device):
+        logits = exp.logits(batch.x, batch.lengths)
+    loss, correct = loss_and_correct(logits, batch.y)
+    if not torch.isfinite(loss):
+        return loss, correct
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(exp.trainable, cfg.grad_clip)
+    optimizer.step()
     return loss, correct
 
 
@@ -255,17 +275,10 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     try:
         while state["step"] < cfg.steps:
             batch = exp.data.train_batch(cfg.batch_size, gen).to(device, non_blocking=True)
-            with _autocast(cfg, device):
-                logits = exp.logits(batch.x, batch.lengths)
-            loss, correct = loss_and_correct(logits, batch.y)
+            loss, correct = train_step(exp, optimizer, batch)
             if not torch.isfinite(loss):
                 status = "diverged"
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(exp.trainable, cfg.grad_clip)
-            optimizer.step()
             state["step"] += 1
             state["run_loss"] += loss.item() * batch.y.numel()
             state["run_correct"] += int(correct)

@@ -31,6 +31,18 @@ def test_plan_covers_budget(tiny_matrix, tmp_path):
     assert {r.task for r in skipped} == {"mnist"}  # smoke covers the bit tasks only
 
 
+def test_plan_keeps_selected_rows_and_tasks(tiny_matrix, tmp_path):
+    from fpt.errors import FPTError
+
+    runs = plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o",
+                rows=["Random"], tasks=["bit-xor"])
+    kept = [(r.row.name, r.task) for r in runs if r.config is not None]
+    assert kept == [("Random", "bit-xor")]
+    assert {r.skip_reason for r in runs if r.config is None} == {"left out by --rows / --tasks"}
+    with pytest.raises(FPTError, match="no row 'Typo'"):
+        plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o", rows=["Typo"])
+
+
 def test_bad_row_fails_in_one_line(tiny_matrix, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_matrix.read_text() + "  - {name: Typo, config: {wings: 2}}\n")

@@ -18,6 +18,10 @@ def _lrs(text: str | None) -> list[float] | None:
         raise FPTError(f"--lr-sweep expects comma-separated numbers, got {text!r}") from e
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run an experiment matrix (a paper table)", description=__doc__)
     p.add_argument("matrix", help="a name under configs/ (table1, params, ...) or a YAML path")
@@ -26,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
     p.add_argument("--out", help="output folder (default: results/<matrix>-<budget>)")
     p.add_argument("--lr-sweep", help="comma-separated learning rates; each cell's is chosen on validation")
+    p.add_argument("--rows", help="comma-separated row names to run (default: all); the rest are skipped")
+    p.add_argument("--tasks", help="comma-separated tasks to run (default: all the budget covers)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and a time estimate")
     p.add_argument("--quiet", action="store_true", help="no per-step progress bars")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -57,7 +63,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     matrix = load_matrix(args.matrix)
     out = Path(args.out or f"results/{matrix.name}-{args.budget}")
     runs = plan(matrix, budget=args.budget, seeds=args.seeds, out=out, backbone=args.backbone,
-                lrs=_lrs(args.lr_sweep))
+                lrs=_lrs(args.lr_sweep), rows=_names(args.rows), tasks=_names(args.tasks))
     planned = [r for r in runs if r.config is not None]
     print(f"{matrix.name}: {len(matrix.rows)} rows x {len(matrix.tasks)} tasks x {args.seeds} seed(s)"
           f"{' x ' + str(len(_lrs(args.lr_sweep))) + ' lrs' if args.lr_sweep else ''}: {len(planned)} runs "
