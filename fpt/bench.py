@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 from dataclasses import dataclass
 
@@ -42,7 +41,8 @@ def _sync(device: torch.device) -> None:
 
 
 class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak on a GPU, sampled process RSS on the CPU."""
+    """Peak memory of a block: the CUDA allocator's peak on a GPU; on the CPU the process's peak RSS
+    (`ru_maxrss`), which is the loop's own because `run_bench` gives each loop a fresh process."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak_bytes = device, 0
@@ -50,31 +50,16 @@ class PeakMemory:
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        import psutil
-
-        proc, self._stop = psutil.Process(), threading.Event()
-        self.peak_bytes = proc.memory_info().rss
-
-        def sample():
-            while not self._stop.wait(0.01):
-                self.peak_bytes = max(self.peak_bytes, proc.memory_info().rss)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
         else:
-            self._stop.set()
-            self._thread.join()
-        return False
+            import resource
 
-    @property
-    def kind(self) -> str:
-        return "cuda allocated" if self.device.type == "cuda" else "process RSS"
+            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return False
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, *, seconds: float = 1.0) -> float:

@@ -77,12 +77,21 @@ def truncate_layers(backbone: Backbone, n: int) -> None:
     backbone.model.config.num_hidden_layers = n  # GPT-2 maps this to n_layer
 
 
+def resolve_attention(cfg) -> str:
+    """`auto` -> eager on the CPU, sdpa elsewhere (measured: docs/performance.md)."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    from fpt.utils import pick_device
+
+    return "eager" if pick_device(cfg.device).type == "cpu" else "sdpa"
+
+
 def _build_transformer(cfg, spec):
     from fpt.lora import add_lora
     from fpt.model import HFBody
 
     backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout,
-                             attn_implementation=cfg.attn_implementation, seed=cfg.seed)
+                             attn_implementation=resolve_attention(cfg), seed=cfg.seed)
     if cfg.layers is not None:
         truncate_layers(backbone, cfg.layers)
     body = HFBody(backbone, spec.seq_len)
