@@ -22,7 +22,10 @@ INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input lay
 
 
 class HFBody(nn.Module):
-    """Runs a Hugging Face base model on embeddings we provide (its token embedding is unused)."""
+    """Runs a Hugging Face base model on embeddings we provide (its token embedding is unused).
+
+    Where the model takes no `inputs_embeds` (ViT), it runs the model's blocks and final norm instead.
+    """
 
     def __init__(self, backbone: Backbone, seq_len: int):
         super().__init__()
@@ -30,8 +33,9 @@ class HFBody(nn.Module):
         self.arch = backbone.arch
         self.width = backbone.width
         _fit_positions(self.model, self.arch, seq_len + self.arch.position_offset)
-        # NOTE: a rotary model (Gemma) has no learned positions; FPT gives it a new table of its own,
-        # added to the inputs (the "positions" group). Its rotary encoding still applies inside attention.
+        # NOTE: a rotary model (Gemma) has no learned positions, ViT only 197 image ones; FPT gives them a
+        # new table of its own, added to the inputs (the "positions" group). Gemma's rotary encoding still
+        # applies inside attention.
         self.positions = None
         if self.arch.add_positions:
             self.positions = nn.Embedding(seq_len, self.width)
@@ -42,11 +46,24 @@ class HFBody(nn.Module):
         pos = torch.arange(t, device=h.device).unsqueeze(0)  # (1, T)
         if self.positions is not None:
             h = h + self.positions(pos)  # (B, T, D) + (1, T, D)
+        if self.arch.final_norm is not None:
+            return self._run_blocks(h, mask)
         kwargs = {"position_ids": pos + self.arch.position_offset}
         if "token_type_ids" in self.arch.extra_forward_kwargs:
             kwargs["token_type_ids"] = torch.zeros(1, t, dtype=torch.long, device=h.device).expand(b, t)
         out = self.model(inputs_embeds=h, attention_mask=mask, use_cache=False, **kwargs)
         return out.last_hidden_state  # (B, T, D)
+
+    def _run_blocks(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The blocks and final norm, without the model's forward (ViT's reads only pixel_values)."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        # (B, T) padding mask -> what the attention implementation takes: None (no padding under sdpa),
+        # or (B, 1, T, T)
+        mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=h, attention_mask=mask)
+        for block in self.model.get_submodule(self.arch.layers):
+            h = block(h, mask)  # (B, T, D)
+        return self.model.get_submodule(self.arch.final_norm)(h)  # (B, T, D)
 
 
 @torch.no_grad()

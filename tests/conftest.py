@@ -26,6 +26,9 @@ TINY_CONFIGS = {
                         hidden_size=64, intermediate_size=128, max_position_embeddings=256, vocab_size=100,
                         sliding_window=16, layer_types=["sliding_attention", "full_attention"],
                         initializer_range=0.1),
+    # 2 x 2 patches of a 32 x 32 image: ViT's own 5-row position table, which FPT does not use
+    "vit": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                image_size=32, patch_size=16, initializer_range=0.1),
 }
 
 

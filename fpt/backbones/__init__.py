@@ -33,6 +33,7 @@ class BackboneSource:
     config_overrides: dict | None = None  # lets `random` init build offline, without a config download
     model_type: str | None = None
     install_hint: str | None = None  # command that installs the weights, when missing
+    hub_name: str | None = None  # the hub repository `locate` names unless an env var points elsewhere
 
 
 BACKBONES: Registry[BackboneSource] = Registry("backbone")
@@ -97,7 +98,27 @@ for _name, _size in GPT2_SIZES.items():
         locate=lambda n=_name: os.environ.get(f"FPT_{n.upper().replace('-', '_')}_PATH", n),
         config_overrides=dict(_size, vocab_size=50257, n_positions=1024),
         model_type="gpt2",
+        hub_name=_name,
     ))
+
+# The paper's ViT row used timm's `vit_base_patch16_224`. timm needs torchvision, which does not import
+# beside this torch build, so the same architecture comes from transformers' ViTModel (12 pre-LN blocks x
+# 768, 12 heads, GELU MLP 3072, final LayerNorm). NOTE: `google/vit-base-patch16-224` (ImageNet-21k
+# pretraining, fine-tuned on ImageNet-1k at 224) is the checkpoint of timm's vit_base_patch16_224 lineage
+# (the original Google ViT-B/16 release); `-in21k` is timm's separate vit_base_patch16_224_in21k.
+# Its config, literally, so that `--init random` builds offline.
+VIT_CONFIG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  hidden_act="gelu", layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3,
+                  qkv_bias=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+BACKBONES.register("vit", BackboneSource(
+    name="vit",
+    description="google/vit-base-patch16-224 (ViT-B/16, 12 x 768, HF ViTModel blocks; timm's "
+                "vit_base_patch16_224), from the Hugging Face hub or cache, or $FPT_VIT_PATH",
+    locate=lambda: os.environ.get("FPT_VIT_PATH", "google/vit-base-patch16-224"),
+    config_overrides=VIT_CONFIG,
+    model_type="vit",
+    hub_name="google/vit-base-patch16-224",
+))
 
 
 @dataclass
@@ -136,7 +157,13 @@ def _quiet_transformers() -> None:
 
 
 def _is_local(ref: str) -> bool:
-    return os.path.sep in ref or ref.startswith(".") or Path(ref).exists()
+    """A folder on disk rather than a hub name."""
+    if Path(ref).exists():
+        return True
+    # NOTE: a hub name with an organisation ("google/vit-base-patch16-224") has a slash too
+    if ref in {src.hub_name for _, src in BACKBONES.items()}:
+        return False
+    return os.path.sep in ref or ref.startswith(".")
 
 
 def resolve_source(name: str) -> tuple[str, BackboneSource | None]:
@@ -155,12 +182,12 @@ def resolve_source(name: str) -> tuple[str, BackboneSource | None]:
 
 def load_config(name: str, *, dropout: float | None = None):
     """The backbone's Hugging Face config, offline where the registry knows the sizes."""
-    from transformers import AutoConfig, GPT2Config
+    from transformers import AutoConfig
 
     _quiet_transformers()
     ref, src = resolve_source(name)
     if src is not None and src.config_overrides is not None and not _is_local(ref):
-        config = GPT2Config(**src.config_overrides)
+        config = AutoConfig.for_model(src.model_type, **src.config_overrides)
     else:
         config = _from_pretrained(AutoConfig, name, ref)
     arch = architecture_for(config.model_type)
@@ -213,7 +240,7 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     config, arch, ref = load_config(name, dropout=dropout)
     attn_implementation = arch.attn_implementation or attn_implementation
     config._attn_implementation = attn_implementation
-    kwargs = {"add_pooling_layer": False} if arch.model_type in ("bert", "mpnet") else {}
+    kwargs = {"add_pooling_layer": False} if arch.drop_pooler else {}
     if init == "random":
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # the random body depends on the seed alone

@@ -38,10 +38,17 @@ class Architecture:
     causal: bool = False
     attention_paths: tuple[str, ...] = ()  # submodule paths that are attention but not attention classes
     position_offset: int = 0  # first position id (MPNet/RoBERTa start after the padding row)
-    # NOTE: rotary models (Gemma) have no learned positions; with `add_positions` the FPT body
-    # owns a new learned table (the "positions" group), added to the inputs.
+    # NOTE: rotary models (Gemma) have no learned positions, and ViT's 197 image positions fit no task;
+    # with `add_positions` the FPT body owns a new learned table (the "positions" group), added to
+    # the inputs. `add_positions_why` says why in `fpt describe`.
     add_positions: bool = False
+    add_positions_why: str = ""
     attn_implementation: str | None = None  # forced where the model has no sdpa path (MPNet)
+    drop_pooler: bool = False  # build without the pooler FPT never reads (`add_pooling_layer=False`)
+    # NOTE: ViT's forward reads only pixel_values (patch embedding, CLS token, its own positions) and has
+    # no `inputs_embeds`. With `final_norm` set, the FPT body skips that forward: it runs the blocks
+    # under `layers`, then the norm at `final_norm`, on the embeddings FPT provides.
+    final_norm: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -68,6 +75,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             layers="encoder.layer",
             dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
             extra_forward_kwargs=("token_type_ids",),
+            drop_pooler=True,
         ),
         Architecture(
             model_type="mpnet",
@@ -83,6 +91,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             attention_paths=("encoder.relative_attention_bias",),
             position_offset=2,  # padding_idx 1; real positions start at row 2
             attn_implementation="eager",
+            drop_pooler=True,
         ),
         Architecture(
             model_type="gemma3_text",
@@ -96,6 +105,26 @@ ARCHITECTURES: dict[str, Architecture] = {
             norm_classes=("Gemma3RMSNorm",),
             causal=True,
             add_positions=True,
+            add_positions_why="uses rotary positions and has no learned table",
+        ),
+        Architecture(
+            model_type="vit",
+            # transformers 5.x ViT (old hub checkpoints are renamed on load): each block is
+            # layernorm_before -> attention (q/k/v/o_proj) -> layernorm_after -> mlp (fc1, GELU, fc2),
+            # pre-LN like timm's vit_base_patch16_224; a final `layernorm` after the last block.
+            attention=("ViTAttention",),
+            feedforward=("ViTMLP",),
+            positions=(),
+            # the patch embedding (a conv), the CLS token and ViT's own 197 x D position table:
+            # FPT's input layer and new position table replace them all
+            unused=("embeddings", "pooler"),
+            layers="layers",
+            dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+            add_positions=True,
+            add_positions_why=("has learned positions only for its 197 image tokens (CLS + 14 x 14 patches), "
+                               "which FPT does not use"),
+            drop_pooler=True,
+            final_norm="layernorm",
         ),
     )
 }

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"training: {', '.join(cfg.train)}")
     note = "positions: only the rows the task's sequence length uses count as trainable"
     if backbone is not None and backbone.arch.add_positions:
-        note += (f"\nNOTE: {backbone.arch.model_type} uses rotary positions and has no learned table; FPT adds "
+        note += (f"\nNOTE: {backbone.arch.model_type} {backbone.arch.add_positions_why}; FPT adds "
                  f"a new learned positional embedding ({spec.seq_len} x {backbone.width}) to its inputs")
     print(format_counts(count_parameters(model), note=note))
     return 0
