@@ -134,6 +134,23 @@ def build_fpt(backbone: Backbone, spec: TaskSpec) -> FPT:
     return FPT(HFBody(backbone, spec.seq_len), spec, backbone.width)
 
 
+def store_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Keep the frozen weights of linear layers in `dtype` (bf16 runs); returns how many were cast.
+
+    Under bf16 autocast every matmul casts its fp32 weight to bf16 at each call, and autocast's cast
+    cache only holds weights that require grad: a frozen body was re-cast on every forward. Casting
+    it once gives the same numbers. Trainable parameters and optimizer state stay fp32.
+    """
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's linear layers
+            for p in module.parameters(recurse=False):
+                if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+                    cast += p.numel()
+    return cast
+
+
 def parameter_groups(model: FPT) -> dict[str, str]:
     """Every parameter name of `model` -> its group (one of GROUPS)."""
     groups = {f"input_layer.{n}": "input" for n, _ in model.input_layer.named_parameters()}

@@ -29,7 +29,7 @@ from fpt.config import TrainConfig, save_yaml
 from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
-from fpt.model import FPT, count_parameters, summarize_counts
+from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
 from fpt.tasks import Batch, TaskData, build_task
 from fpt.utils import (device_name, pick_device, seed_everything, torch_save_atomic, versions,
                        write_json_atomic)
@@ -52,6 +52,7 @@ class Experiment:
     model: FPT
     device: torch.device
     cache: FeatureCache | None = None  # output-only training from cached features
+    frozen_sha256: str | None = None  # hash of the body as built, before any bf16 storage
     ranks: Ranks = field(default_factory=Ranks)  # data-parallel processes (one without torchrun)
     ddp: torch.nn.Module | None = None  # `model` wrapped in DistributedDataParallel under torchrun
 
@@ -68,7 +69,9 @@ class Experiment:
 
     def weights_sha256(self) -> str:
         """Hash of the body's weights as built (all of them train in the LSTM row: nothing to check)."""
-        return self.backbone.weights_sha256() if self.backbone is not None else "none"
+        if self.frozen_sha256 is None:
+            self.frozen_sha256 = self.backbone.weights_sha256() if self.backbone is not None else "none"
+        return self.frozen_sha256
 
 
 def build_experiment(cfg: TrainConfig) -> Experiment:
@@ -79,6 +82,9 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     model, backbone = build_model(cfg, data.spec)  # the config's model row, cfg.train learning
     device = pick_device(cfg.device)
     exp = Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device)
+    if cfg.precision == "bf16":
+        exp.weights_sha256()  # the same hash as an fp32 run of the same weights
+        store_frozen_matmul_weights(exp.model, torch.bfloat16)
     if cfg.cache_features:
         exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
     return exp

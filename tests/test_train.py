@@ -100,3 +100,24 @@ def test_same_seed_same_numbers(tiny_backbones, tmp_path):
     c = train(_cfg(tiny_backbones["bert"], tmp_path / "c", seed=1), progress=False)
     assert a["test_loss"] == b["test_loss"]
     assert a["test_loss"] != c["test_loss"]
+
+
+def test_bf16_stores_the_frozen_body_in_bf16_and_still_learns(tiny_backbones, tmp_path):
+    """bf16 runs keep frozen linear weights in bf16 (no per-call casts), trainable weights and Adam state
+    in fp32, and hash the body as the fp32 run does."""
+    import torch
+
+    from fpt.train import build_experiment, train_step
+
+    cfg = _cfg(tiny_backbones["gpt2"], tmp_path, precision="bf16", batch_size=32, lr=3e-3)
+    exp = build_experiment(cfg)
+    frozen = {p.dtype for p in exp.model.body.parameters() if not p.requires_grad and p.dim() == 2}
+    assert torch.bfloat16 in frozen
+    assert all(p.dtype == torch.float32 for p in exp.trainable)
+    fp32 = build_experiment(TrainConfig(**{**cfg.to_dict(), "precision": "fp32"}))
+    assert exp.weights_sha256() == fp32.weights_sha256()
+    opt = torch.optim.Adam(exp.trainable, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(0)
+    losses = [train_step(exp, opt, exp.data.train_batch(32, gen))[0].item() for _ in range(60)]
+    assert sum(losses[-10:]) < sum(losses[:10])  # it learns
+    assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
