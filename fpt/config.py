@@ -51,6 +51,7 @@ class TrainConfig:
     # auto: eager on the CPU (torch's fused CPU attention has a slow backward: 322 vs 199 ms per
     # MiniLM MNIST step in bf16, docs/performance.md), sdpa (fused, flash) on GPUs
     attn_implementation: str = "auto"  # auto | sdpa | eager
+    compile: bool = False  # torch.compile the model in place (measured no faster on the 2-core CPU)
     patch_size: int | None = None  # None: the task's default
     task_options: dict = field(default_factory=dict)  # task-specific options
     data_dir: str | None = None  # else $FPT_DATA, else ./data

@@ -85,6 +85,8 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     if cfg.precision == "bf16":
         exp.weights_sha256()  # the same hash as an fp32 run of the same weights
         store_frozen_matmul_weights(exp.model, torch.bfloat16)
+    if cfg.compile:
+        exp.model.compile()  # in place: parameter names (checkpoints) stay those of the eager model
     if cfg.cache_features:
         exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
     return exp

@@ -121,3 +121,17 @@ def test_bf16_stores_the_frozen_body_in_bf16_and_still_learns(tiny_backbones, tm
     losses = [train_step(exp, opt, exp.data.train_batch(32, gen))[0].item() for _ in range(60)]
     assert sum(losses[-10:]) < sum(losses[:10])  # it learns
     assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
+
+
+def test_compile_option_matches_eager(tiny_backbones, tmp_path):
+    """`compile: true` compiles the model in place: same losses (to float tolerance), same checkpoint names."""
+    import torch
+
+    results = {}
+    for compiled in (False, True):
+        cfg = _cfg(tiny_backbones["bert"], tmp_path / str(compiled), compile=compiled, dropout=0.0, steps=4,
+                   eval_every=4)
+        results[compiled] = train(cfg, progress=False)
+        ckpt = torch.load(tmp_path / str(compiled) / "run" / "checkpoint.pt", weights_only=False)
+        assert not any("_orig_mod" in k for k in ckpt["trainable"])
+    assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-4)
