@@ -78,12 +78,13 @@ def truncate_layers(backbone: Backbone, n: int) -> None:
 
 
 def resolve_attention(cfg) -> str:
-    """`auto` -> eager on the CPU, sdpa elsewhere (measured: docs/performance.md)."""
+    """`auto` -> fpt's eager path on the CPU (fpt/fastops.py), sdpa elsewhere (docs/performance.md)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
+    from fpt.fastops import FAST_EAGER
     from fpt.utils import pick_device
 
-    return "eager" if pick_device(cfg.device).type == "cpu" else "sdpa"
+    return FAST_EAGER if pick_device(cfg.device).type == "cpu" else "sdpa"
 
 
 def _build_transformer(cfg, spec):

@@ -48,8 +48,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer state stay fp32)
-    # auto: eager on the CPU (torch's fused CPU attention has a slow backward: 322 vs 199 ms per
-    # MiniLM MNIST step in bf16, docs/performance.md), sdpa (fused, flash) on GPUs
+    # auto: on the CPU eager attention with fpt's cheaper dropout (fpt/fastops.py; torch's fused CPU
+    # attention has a slow backward), sdpa (fused, flash) on GPUs; eager: transformers' own
     attn_implementation: str = "auto"  # auto | sdpa | eager
     compile: bool = False  # torch.compile the model in place (measured no faster on the 2-core CPU)
     patch_size: int | None = None  # None: the task's default

@@ -237,7 +237,14 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
 
     if init not in INITS:
         raise FPTError(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
+    from fpt import fastops
+
     config, arch, ref = load_config(name, dropout=dropout)
+    fast_cpu = attn_implementation == fastops.FAST_EAGER  # fpt's CPU path: cheaper dropout, same math
+    if fast_cpu and arch.standard_eager:
+        fastops.register()
+    elif fast_cpu:
+        attn_implementation = "eager"  # this architecture's own eager attention is not the plain one
     attn_implementation = arch.attn_implementation or attn_implementation
     config._attn_implementation = attn_implementation
     kwargs = {"add_pooling_layer": False} if arch.drop_pooler else {}
@@ -251,6 +258,8 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
         if init == "stats":
             redraw_from_statistics(model, seed=seed)
     model.float()
+    if fast_cpu:
+        fastops.use_fast_dropout(model)
     return Backbone(name=name, model=model, arch=arch, init=init, source=ref)
 
 

@@ -49,6 +49,9 @@ class Architecture:
     # no `inputs_embeds`. With `final_norm` set, the FPT body skips that forward: it runs the blocks
     # under `layers`, then the norm at `final_norm`, on the embeddings FPT provides.
     final_norm: str | None = None
+    # the model's eager attention is transformers' plain `eager_attention_forward`, so fpt's CPU fast
+    # path (fpt/fastops.py: the same math, cheaper dropout) may stand in for it
+    standard_eager: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -76,6 +79,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
             extra_forward_kwargs=("token_type_ids",),
             drop_pooler=True,
+            standard_eager=True,
         ),
         Architecture(
             model_type="mpnet",
@@ -125,6 +129,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                                "which FPT does not use"),
             drop_pooler=True,
             final_norm="layernorm",
+            standard_eager=True,
         ),
     )
 }
