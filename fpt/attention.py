@@ -101,7 +101,7 @@ def plot_bit_xor_attention(matrix, records: list[dict], out: Path) -> Path | Non
         summary[name] = {"best_layer": layer, "best_head": head, "mass_on_input_bits": score,
                          "per_head_mass": mass.tolist()}
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention")
-    fig.suptitle("Bit XOR: attention from each output bit (rows) to the inputs a, b (columns)", fontsize=10)
+    fig.suptitle("Bit XOR: attention from each output bit (rows) to the inputs a, b (columns)", fontsize=10, y=1.06)
     path = out / "attention_bit_xor.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
