@@ -35,7 +35,7 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
     },
     "cpu": {
         # NOTE: bf16 where a step is big enough for it to pay: 2.5x fp32's step rate on this CPU
-        # (avx512_bf16), MNIST accuracy within 0.5 points of fp32 (docs/performance.md).
+        # (avx512_bf16); MNIST test accuracy 0.64 points below fp32's at 1,000 steps (docs/performance.md).
         "bit-xor": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
         "bit-memory": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99, precision="bf16"),
         "mnist": TaskBudget(steps=5000, eval_every=1000, target_accuracy=0.97, precision="bf16"),
