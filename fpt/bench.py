@@ -131,14 +131,21 @@ def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, p
         batch = exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True)
         train_step(exp, optimizer, batch)
 
+    return _measure("fpt", cfg.precision, exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
+                    evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False))
+
+
+def _measure(name: str, precision: str, exp: Experiment, step, *, tokens: int, steps: int, warmup: int,
+             peak: float, evaluate) -> LoopFigures:
+    """Warm up, count one step's FLOPs, time `steps` steps and `evaluate`, under one peak-memory watch."""
     exp.model.train()
     with PeakMemory(exp.device) as mem:
         for _ in range(warmup):
             step()
         flops = count_flops(step)
         s_per_step = _time(step, steps, exp.device)
-        eval_tps = _eval_tokens_per_s(exp, eval_batches, graph=False)
-    return LoopFigures("fpt", cfg.precision, 1 / s_per_step, tokens / s_per_step, eval_tps,
+        eval_tps = evaluate()
+    return LoopFigures(name, precision, 1 / s_per_step, tokens / s_per_step, eval_tps,
                        mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak)
 
 
@@ -217,16 +224,9 @@ def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: 
         torch.nn.utils.clip_grad_norm_(exp.model.parameters(), cfg.grad_clip)
         optimizer.step()
 
-    exp.model.train()
-    with PeakMemory(exp.device) as mem:
-        for _ in range(warmup):
-            step()
-        flops = count_flops(step)
-        s_per_step = _time(step, steps, exp.device)
-        eval_tps = _eval_tokens_per_s(exp, eval_batches * max(cfg.eval_batch_size // micro, 1), graph=True,
-                                      batch_size=micro)
-    return LoopFigures("reference", "fp32", 1 / s_per_step, tokens / s_per_step, eval_tps,
-                       mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak)
+    n_eval = eval_batches * max(cfg.eval_batch_size // micro, 1)  # the same examples as fpt's eval batches
+    return _measure("reference", "fp32", exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
+                    evaluate=lambda: _eval_tokens_per_s(exp, n_eval, graph=True, batch_size=micro))
 
 
 # ---------------------------------------------------------------------------------------------------
