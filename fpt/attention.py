@@ -55,7 +55,8 @@ def load_trained(result_path: Path):
     from fpt.train import build_experiment
 
     result = json.loads(result_path.read_text())
-    cfg = from_dict({**result["config"], "attn_implementation": "eager", "device": "cpu", "precision": "fp32"})
+    cfg = from_dict({**result["config"], "attn_implementation": "eager", "device": "cpu", "precision": "fp32",
+                     "last_block_at_readout": False})
     exp = build_experiment(cfg)
     ckpt = torch.load(result_path.parent / "checkpoint.pt", map_location="cpu", weights_only=False)
     exp.model.load_state_dict(ckpt["trainable"], strict=False)

@@ -95,7 +95,7 @@ def _build_transformer(cfg, spec):
                              attn_implementation=resolve_attention(cfg), seed=cfg.seed)
     if cfg.layers is not None:
         truncate_layers(backbone, cfg.layers)
-    body = HFBody(backbone, spec.seq_len)
+    body = HFBody(backbone, spec.seq_len, last_block_at_readout=cfg.last_block_at_readout)
     if cfg.lora_r > 0:
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)

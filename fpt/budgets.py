@@ -5,7 +5,8 @@ says which tasks it covers: a matrix cell whose task a budget does not cover
 is listed as skipped, never silently dropped.
 
 - smoke: minutes on a 2-core CPU (CI runs it): the two bit tasks, a few dozen steps.
-- cpu:   hours on a 2-core CPU: the bit tasks to convergence and MNIST (bf16 for the big steps).
+- cpu:   hours on a 2-core CPU: the bit tasks to convergence and MNIST (bf16 for the big steps; MNIST
+         with its own recipe: cosine decay from 3e-3, no dropout).
 - paper: the paper's step counts (Table 6's steps to converge, rounded up), for a GPU.
 """
 from __future__ import annotations
@@ -23,6 +24,11 @@ class TaskBudget:
     target_accuracy: float = 0.99  # "converged" for the steps-to-converge plot and the compute table
     task_options: dict | None = None  # e.g. smaller held-out sets for the synthetic tasks in `smoke`
     precision: str | None = None  # None: the config's (fp32); "bf16" where a budget buys speed with it
+    # the training recipe where a budget sets one; a matrix row's own lr (and --lr-sweep) still wins
+    lr: float | None = None
+    lr_schedule: str | None = None
+    warmup_steps: int = 0
+    dropout: float | None = None
 
 
 BUDGETS: dict[str, dict[str, TaskBudget]] = {
@@ -38,7 +44,11 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
         # (avx512_bf16); MNIST test accuracy 0.64 points below fp32's at 1,000 steps (docs/performance.md).
         "bit-xor": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
         "bit-memory": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99, precision="bf16"),
-        "mnist": TaskBudget(steps=5000, eval_every=1000, target_accuracy=0.97, precision="bf16"),
+        # NOTE: MNIST on a frozen body underfits (train accuracy below test) at this length: without
+        # dropout, at a 3x higher peak rate decayed to 0 (cosine), it learns more per step than the
+        # paper's constant 1e-3 with dropout 0.1 (README: 96.65% after 5,000 steps that way).
+        "mnist": TaskBudget(steps=8000, eval_every=2000, target_accuracy=0.97, precision="bf16",
+                            lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
     },
     "paper": {
         "bit-xor": TaskBudget(steps=20_000, eval_every=500, target_accuracy=1.0),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fpt import readout
 from fpt.backbones import Backbone
 from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body
 from fpt.errors import FPTError
@@ -27,7 +28,7 @@ class HFBody(nn.Module):
     Where the model takes no `inputs_embeds` (ViT), it runs the model's blocks and final norm instead.
     """
 
-    def __init__(self, backbone: Backbone, seq_len: int):
+    def __init__(self, backbone: Backbone, seq_len: int, last_block_at_readout: bool = True):
         super().__init__()
         self.model = backbone.model
         self.arch = backbone.arch
@@ -40,8 +41,29 @@ class HFBody(nn.Module):
         if self.arch.add_positions:
             self.positions = nn.Embedding(seq_len, self.width)
             nn.init.normal_(self.positions.weight, std=0.02)
+        # the last block at the read-out tokens only (fpt/readout.py); False where it has no such path
+        self.reads_rows = last_block_at_readout and readout.install(self.last_block, self.arch.model_type)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def last_block(self) -> nn.Module:
+        return self.model.get_submodule(self.arch.layers)[-1]
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) embeddings -> (B, T, D) final hidden states, or (B, K, D) at `rows` (B, K) when given.
+
+        `rows` only where `reads_rows`.
+        """
+        if rows is None:
+            return self._forward(h, mask)
+        block = self.last_block
+        block.fpt_rows = rows
+        try:
+            return self._forward(h, mask)  # the last block returned (B, K, D)
+        finally:
+            block.fpt_rows = None
+
+    def _forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = h.shape
         pos = torch.arange(t, device=h.device).unsqueeze(0)  # (1, T)
         if self.positions is not None:
@@ -114,15 +136,15 @@ class FPT(nn.Module):
         mask = None
         if lengths is not None:
             mask = (torch.arange(t, device=h.device).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (B, T)
-        h = self.body(h, mask)  # (B, T, D)
         k = self.spec.output_tokens
         if lengths is None:
-            h = h[:, t - k:]  # (B, K, D)
+            rows = torch.arange(t - k, t, device=h.device).expand(b, k)  # (B, K)
         else:
             # NOTE: read the last *real* tokens, not whatever padding comes last.
-            idx = (lengths.unsqueeze(1) - k + torch.arange(k, device=h.device)).clamp(min=0)  # (B, K)
-            h = torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, K, D)
-        return h
+            rows = (lengths.unsqueeze(1) - k + torch.arange(k, device=h.device)).clamp(min=0)  # (B, K)
+        if getattr(self.body, "reads_rows", False):
+            return self.body(h, mask, rows)  # (B, K, D)
+        return readout.gather_rows(self.body(h, mask), rows)  # (B, T, D) -> (B, K, D)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """(B, K, D) features -> logits (B, num_targets, num_classes)."""
@@ -130,8 +152,8 @@ class FPT(nn.Module):
         return logits.reshape(h.shape[0], self.spec.num_targets, self.spec.num_classes)
 
 
-def build_fpt(backbone: Backbone, spec: TaskSpec) -> FPT:
-    return FPT(HFBody(backbone, spec.seq_len), spec, backbone.width)
+def build_fpt(backbone: Backbone, spec: TaskSpec, last_block_at_readout: bool = True) -> FPT:
+    return FPT(HFBody(backbone, spec.seq_len, last_block_at_readout), spec, backbone.width)
 
 
 def store_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:

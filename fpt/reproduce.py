@@ -112,6 +112,8 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                         values["backbone"] = backbone
                     if lr is not None:
                         values["lr"] = lr
+                    elif tb is not None and tb.lr is not None:
+                        values.setdefault("lr", tb.lr)
                     lr_value = float(values.get("lr", TrainConfig.lr))
                     run_dir = out / "runs" / row.slug / task / f"lr{lr_value:g}-seed{seed}"
                     if tb is None:
@@ -123,6 +125,11 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                     values.setdefault("batch_size", tb.batch_size)
                     if tb.precision:
                         values.setdefault("precision", tb.precision)
+                    if tb.lr_schedule:
+                        values.setdefault("lr_schedule", tb.lr_schedule)
+                        values.setdefault("warmup_steps", tb.warmup_steps)
+                    if tb.dropout is not None:
+                        values.setdefault("dropout", tb.dropout)
                     if tb.task_options:
                         values["task_options"] = {**tb.task_options, **values.get("task_options", {})}
                     try:

@@ -231,7 +231,11 @@ def _load_checkpoint(run_dir: Path, cfg: TrainConfig, weights_sha: str) -> dict:
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # a decaying learning rate is scheduled over `steps`: changing it would change the rates already used
+    free = RESUMABLE_CHANGES - ({"steps"} if now["lr_schedule"] != "constant" else set())
+    # saved.get(k, default): a checkpoint written before a key existed had that key's default
+    defaults = TrainConfig().to_dict()
+    changed = sorted(k for k in now if k not in free and saved.get(k, defaults.get(k)) != now[k])
     if changed:
         raise FPTError(f"cannot resume: the config differs from the checkpoint's in {', '.join(changed)}")
 
@@ -283,6 +287,8 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     try:
         while state["step"] < cfg.steps:
             batch = exp.data.train_batch(cfg.batch_size, gen).to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(state["step"])
             loss, correct = train_step(exp, optimizer, batch)
             if not torch.isfinite(loss):
                 status = "diverged"

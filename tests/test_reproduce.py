@@ -43,6 +43,22 @@ def test_plan_keeps_selected_rows_and_tasks(tiny_matrix, tmp_path):
         plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o", rows=["Typo"])
 
 
+def test_budget_recipe_reaches_configs_and_rows_win(tiny_matrix, tmp_path):
+    from fpt.budgets import get_budget
+
+    mnist = get_budget("cpu")["mnist"]
+    runs = plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o", tasks=["mnist"])
+    cfgs = {r.row.name: r.config for r in runs if r.config is not None}
+    pretrained = cfgs["Pretrained"]
+    assert (pretrained.steps, pretrained.lr, pretrained.lr_schedule, pretrained.warmup_steps) == \
+        (mnist.steps, mnist.lr, mnist.lr_schedule, mnist.warmup_steps)
+    assert pretrained.run_dir.endswith(f"lr{mnist.lr:g}-seed0")
+    assert cfgs["Exploding"].lr == 1.0e+30  # the row's own rate
+    swept = plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o", tasks=["mnist"],
+                 lrs=[1e-4])
+    assert {r.config.lr for r in swept if r.config is not None} == {1e-4}  # --lr-sweep wins over both
+
+
 def test_bad_row_fails_in_one_line(tiny_matrix, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_matrix.read_text() + "  - {name: Typo, config: {wings: 2}}\n")

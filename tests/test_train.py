@@ -1,5 +1,6 @@
 """The training loop: learning end to end, result files, resume equivalence, divergence."""
 import json
+import math
 import subprocess
 import sys
 import time
@@ -135,3 +136,26 @@ def test_compile_option_matches_eager(tiny_backbones, tmp_path):
         ckpt = torch.load(tmp_path / str(compiled) / "run" / "checkpoint.pt", weights_only=False)
         assert not any("_orig_mod" in k for k in ckpt["trainable"])
     assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-4)
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(steps=110, lr=1e-3, warmup_steps=10, lr_schedule="cosine")
+    rates = [cfg.lr_at(s) for s in range(110)]
+    assert rates[:10] == pytest.approx([1e-3 * (s + 1) / 11 for s in range(10)])  # warm-up
+    assert rates[10] == pytest.approx(1e-3) and rates[60] == pytest.approx(5e-4)
+    assert rates[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # decays monotonically
+    linear = cfg.replace(lr_schedule="linear")
+    assert linear.lr_at(60) == pytest.approx(5e-4) and linear.lr_at(109) == pytest.approx(1e-5)
+    assert {TrainConfig(steps=5).lr_at(s) for s in range(5)} == {1e-3}  # the paper's constant rate
+    with pytest.raises(FPTError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(FPTError, match="warmup_steps"):
+        TrainConfig(steps=10, warmup_steps=10)
+
+
+def test_decaying_schedule_cannot_resume_with_other_steps(tiny_backbones, tmp_path):
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, steps=4, lr_schedule="cosine")
+    train(cfg, progress=False)
+    with pytest.raises(FPTError, match="steps"):
+        train(cfg.replace(steps=8), resume=True, progress=False)

@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"task {spec.name}: {shape}; output read from the last {spec.output_tokens} token(s), "
           f"{spec.num_targets} target(s) x {spec.num_classes} classes")
     print(f"training: {', '.join(cfg.train)}")
+    if backbone is not None:
+        at_rows = getattr(model.body, "reads_rows", False)
+        print("last block: " + (f"at the {spec.output_tokens} read-out token(s) only (fpt/readout.py)" if at_rows
+                                else "in full" + ("" if not cfg.last_block_at_readout else
+                                                  f" ({backbone.arch.model_type} has no read-out path)")))
     note = "positions: only the rows the task's sequence length uses count as trainable"
     if backbone is not None and backbone.arch.add_positions:
         note += (f"\nNOTE: {backbone.arch.model_type} {backbone.arch.add_positions_why}; FPT adds "

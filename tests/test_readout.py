@@ -1,0 +1,72 @@
+"""The last block computed at the read-out tokens only (fpt/readout.py) gives the full model's numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpt import fastops
+from fpt.backbones import load_backbone
+from fpt.model import apply_trainable, build_fpt
+from fpt.readout import BLOCKS_AT_ROWS
+from fpt.tasks.base import TaskSpec
+
+SPECS = {
+    "one token": TaskSpec("t", "continuous", seq_len=12, num_classes=3, token_dim=5),
+    "last 4 tokens": TaskSpec("t", "continuous", seq_len=12, num_classes=2, token_dim=5, output_tokens=4),
+    "padded": TaskSpec("t", "tokens", seq_len=12, num_classes=3, vocab_size=9, output_tokens=2, padded=True),
+}
+
+
+def _pair(folder: str, spec: TaskSpec, attn: str):
+    """The same FPT model twice: last block at the read-out rows, and in full."""
+    models = []
+    for at_rows in (True, False):
+        torch.manual_seed(0)
+        model = build_fpt(load_backbone(folder, dropout=0.0, attn_implementation=attn), spec, at_rows)
+        apply_trainable(model, ("input", "output", "positions", "layernorm"))
+        models.append(model)
+    return models
+
+
+def _inputs(spec: TaskSpec):
+    g = torch.Generator().manual_seed(1)
+    if spec.input_kind == "tokens":
+        x = torch.randint(1, spec.vocab_size, (3, spec.seq_len), generator=g)
+        lengths = torch.tensor([12, 7, 3])
+        x[torch.arange(12) >= lengths.unsqueeze(1)] = 0
+        return x, lengths
+    return torch.randn(3, spec.seq_len, spec.token_dim, generator=g), None
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FAST_EAGER])
+@pytest.mark.parametrize("spec_name", sorted(SPECS))
+def test_rows_match_full_last_block(tiny_backbones, spec_name, attn):
+    spec = SPECS[spec_name]
+    at_rows, full = _pair(tiny_backbones["bert"], spec, attn)
+    assert at_rows.body.reads_rows and not full.body.reads_rows
+    x, lengths = _inputs(spec)
+    out_rows, out_full = at_rows(x, lengths), full(x, lengths)
+    assert out_rows.shape == out_full.shape == (3, spec.num_targets, spec.num_classes)
+    torch.testing.assert_close(out_rows, out_full, atol=1e-5, rtol=1e-5)
+    out_rows.square().sum().backward()
+    out_full.square().sum().backward()
+    grads = {n: p.grad for n, p in full.named_parameters() if p.requires_grad}
+    for name, p in at_rows.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_architectures_without_a_row_path_run_the_full_block(tiny_backbones):
+    for model_type, folder in tiny_backbones.items():
+        model = build_fpt(load_backbone(folder, dropout=0.0), SPECS["one token"])
+        assert model.body.reads_rows == (model_type in BLOCKS_AT_ROWS)
+        assert model(torch.randn(2, 12, 5)).shape == (2, 1, 3)
+
+
+def test_rows_are_reset_after_a_failed_forward(tiny_backbones):
+    model = build_fpt(load_backbone(tiny_backbones["bert"], dropout=0.0), SPECS["one token"])
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 12, 4))  # wrong token width: fails in the input layer
+    with pytest.raises(RuntimeError):
+        model.body(torch.randn(2, 12, 7), None, torch.zeros(2, 1, dtype=torch.long))  # wrong hidden width
+    assert model.body.last_block.fpt_rows is None
