@@ -40,8 +40,8 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
                                  task_options={"eval_examples": 100}),
     },
     "cpu": {
-        # NOTE: bf16 where a step is big enough for it to pay: 2.5x fp32's step rate on this CPU
-        # (avx512_bf16); MNIST test accuracy 0.64 points below fp32's at 1,000 steps (docs/performance.md).
+        # NOTE: bf16 where a step is big enough for it to pay: 1.7-2.5x fp32's step rate on this CPU
+        # (avx512_bf16); MNIST test accuracy 0.23 points from fp32's after 8,000 steps (docs/performance.md).
         "bit-xor": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
         "bit-memory": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99, precision="bf16"),
         # NOTE: MNIST on a frozen body underfits (train accuracy below test) at this length: without
