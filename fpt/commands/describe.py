@@ -34,10 +34,13 @@ def run(args: argparse.Namespace) -> int:
           f"{spec.num_targets} target(s) x {spec.num_classes} classes")
     print(f"training: {', '.join(cfg.train)}")
     if backbone is not None:
-        at_rows = getattr(model.body, "reads_rows", False)
-        print("last block: " + (f"at the {spec.output_tokens} read-out token(s) only (fpt/readout.py)" if at_rows
-                                else "in full" + ("" if not cfg.last_block_at_readout else
-                                                  f" ({backbone.arch.model_type} has no read-out path)")))
+        if getattr(model.body, "reads_rows", False):
+            last_block = f"at the {spec.output_tokens} read-out token(s) only (fpt/readout.py)"
+        elif cfg.last_block_at_readout:
+            last_block = f"in full ({backbone.arch.model_type} has no read-out path)"
+        else:
+            last_block = "in full"
+        print(f"last block: {last_block}")
     note = "positions: only the rows the task's sequence length uses count as trainable"
     if backbone is not None and backbone.arch.add_positions:
         note += (f"\nNOTE: {backbone.arch.model_type} {backbone.arch.add_positions_why}; FPT adds "
