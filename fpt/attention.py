@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from fpt import fastops
 from fpt.errors import FPTError
 
 
@@ -31,7 +32,8 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
                if type(m).__name__ == arch.attention[0]]
     exp.model.eval()
     try:
-        exp.model(x.to(exp.device))
+        with fastops.attention_weights_wanted():  # fpt's CPU attention would take SDPA at long lengths
+            exp.model(x.to(exp.device))
     finally:
         for h in handles:
             h.remove()

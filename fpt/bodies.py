@@ -78,13 +78,14 @@ def truncate_layers(backbone: Backbone, n: int) -> None:
 
 
 def resolve_attention(cfg) -> str:
-    """`auto` -> fpt's eager path on the CPU (fpt/fastops.py), sdpa elsewhere (docs/performance.md)."""
+    """`auto` -> fpt's CPU attention on the CPU (fpt/fastops.py: eager, or SDPA at long lengths without
+    attention dropout), sdpa elsewhere (docs/performance.md)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
-    from fpt.fastops import FAST_EAGER
+    from fpt.fastops import FPT_CPU
     from fpt.utils import pick_device
 
-    return FAST_EAGER if pick_device(cfg.device).type == "cpu" else "sdpa"
+    return FPT_CPU if pick_device(cfg.device).type == "cpu" else "sdpa"
 
 
 def _build_transformer(cfg, spec):

@@ -54,8 +54,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer state stay fp32)
-    # auto: on the CPU eager attention with fpt's cheaper dropout (fpt/fastops.py; torch's fused CPU
-    # attention has a slow backward), sdpa (fused, flash) on GPUs; eager: transformers' own
+    # auto: on the CPU fpt's attention (fpt/fastops.py: eager math with cheaper dropout, torch's fused
+    # kernel from 512 keys when no attention dropout applies), sdpa (fused, flash) on GPUs; eager:
+    # transformers' own
     attn_implementation: str = "auto"  # auto | sdpa | eager
     # compute the last block only at the tokens the output layer reads (fpt/readout.py; the same math,
     # about 1/7 less work for MiniLM on MNIST); off for attention maps of the whole last block

@@ -1,4 +1,4 @@
-"""CPU fast paths that keep the math: dropout with a cheaper random draw.
+"""CPU fast paths that keep the math: cheaper dropout, and attention without needless passes.
 
 On the CPU the random generator, not the arithmetic, is what dropout costs: a MiniLM step on MNIST
 (eager attention, bf16) takes 172 ms without dropout and about 250 ms with torch's dropout at 0.1,
@@ -6,15 +6,22 @@ most of the difference in drawing one random number per element (docs/performanc
 `fast_dropout` draws the same distribution (each element kept with probability 1 - p, scaled by
 1 / (1 - p)) from 16 random bits per element: results stay seeded and repeatable, and differ from
 `nn.Dropout`'s only as two seeds differ.
+
+`cpu_attention` is the attention of BERT and ViT (`attn_implementation: auto` on the CPU): the
+eager math with the scores kept in their own dtype (no fp32 round trip of the (B, H, T, T) matrix
+under bf16), and torch's fused SDPA kernel where it is faster: long sequences without attention
+dropout (docs/performance.md, "Attention on the CPU").
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-FAST_EAGER = "fpt_eager"  # the attention implementation name registered with transformers
+FPT_CPU = "fpt_cpu"  # the attention implementation name registered with transformers (`cpu_attention`)
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -51,26 +58,65 @@ def use_fast_dropout(model: nn.Module) -> int:
     return swapped
 
 
-def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                    **kwargs):
-    """BERT's and ViT's eager attention (transformers' `eager_attention_forward`), with `fast_dropout`.
+# At this many keys and more, torch's fused CPU kernel (flash attention, no T x T matrix) beats the
+# eager path; below it the eager path wins (its backward is 1.1-1.5x faster at 64-256 tokens).
+# Measured on the 2-core CPU, MiniLM, bf16 (docs/performance.md). The fused kernel has no dropout
+# of its own, so steps with attention dropout stay on the eager path.
+SDPA_MIN_KEYS = 512
+_weights_wanted = False
 
-    Only for architectures whose own eager attention is exactly this (Architecture.standard_eager).
-    Returns the weights too, so the attention-map hooks of fpt/attention.py see them.
+
+@contextlib.contextmanager
+def attention_weights_wanted():
+    """Within this block `cpu_attention` always runs the eager path and returns the weights."""
+    global _weights_wanted
+    before, _weights_wanted = _weights_wanted, True
+    try:
+        yield
+    finally:
+        _weights_wanted = before
+
+
+def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs):
+    """BERT's and ViT's attention (transformers' `eager_attention_forward`), for the CPU.
+
+    q, k, v: (B, H, T, d); `attention_mask` None or boolean (B, 1, Tq, Tk), True where a query may look
+    (transformers' sdpa mask, registered for this implementation). Only for architectures whose own
+    eager attention is exactly this (Architecture.standard_eager). Returns (out (B, T, H, d), weights or
+    None); the weights feed the attention-map hooks of fpt/attention.py.
     """
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, d) x (B, H, d, T) -> (B, H, T, T)
+    dropout = dropout if module.training else 0.0
+    if dropout == 0.0 and key.shape[-2] >= SDPA_MIN_KEYS and not _weights_wanted:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    # NOTE: the scale goes on the queries and dropout's 1 / (1 - p) on the output, both (B, H, T, d), not on
+    # the (B, H, T, T) scores, forward and backward: the same math (rounded at another point) with two
+    # fewer passes over the largest tensor of the step at long lengths.
+    weights = torch.matmul(query * scaling, key.transpose(2, 3))  # (B, H, T, d) x (B, H, d, T) -> (B, H, T, T)
     if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = fast_dropout(weights, dropout, module.training)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, H, T, d) -> (B, T, H, d)
+        weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+    # NOTE: softmax in the scores' dtype: torch computes it in fp32 inside and rounds once, so under bf16
+    # the result equals transformers' softmax(fp32).to(bf16) without the two (B, H, T, T) casts (or the
+    # two of the backward); at 1024 tokens those casts were a third of the step.
+    weights = F.softmax(weights, dim=-1)
+    if dropout > 0.0:
+        kept = torch.where(keep_mask(weights.shape, dropout, weights.device), weights, 0.0)
+        out = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
+    else:
+        out = torch.matmul(weights, value)  # (B, H, T, d)
+    out = out.transpose(1, 2).contiguous()  # (B, T, H, d)
     return out, weights
 
 
 def register() -> None:
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(FAST_EAGER, eager_attention)
+    AttentionInterface.register(FPT_CPU, cpu_attention)
+    # NOTE: transformers builds no mask at all for an attention name it has no mask function for, and
+    # padding would then leak into every token; sdpa's boolean mask serves both paths above.
+    AttentionMaskInterface.register(FPT_CPU, sdpa_mask)

@@ -71,3 +71,14 @@ def test_scaling_grid(tiny_backbones, tmp_path):
                        warmup=0, log=lambda *_: None)
     assert [(r["seq_len"], r["batch_size"]) for r in rows] == [(8, 2), (32, 2)]
     assert rows[1]["flops_per_step"] > 3 * rows[0]["flops_per_step"]  # 4x the tokens
+
+
+def test_cpu_flash_attention_flops_are_counted():
+    """torch's counter knows only the GPU SDPA kernels; fpt registers the CPU one (fpt/fastops.py uses it)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 64, 16, requires_grad=True) for _ in range(3))
+    scores_and_sum = 2 * (2 * 2 * 3 * 64 * 64 * 16)  # (T x d) x (d x T) and (T x T) x (T x d), per head
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == scores_and_sum
+    # the backward: grads of q, k, v and the weights, plus the scores recomputed (torch's GPU formula)
+    total = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward())
+    assert total == scores_and_sum + 5 * scores_and_sum // 2

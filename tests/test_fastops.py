@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
-from fpt.fastops import FAST_EAGER, FastDropout, fast_dropout, keep_mask
+from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, keep_mask
 
 
 def test_keep_mask_is_bernoulli_with_the_right_rate():
@@ -34,11 +34,70 @@ def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
 
     x = torch.randn(3, 10, 64)
     outs = {}
-    for attn in ("eager", FAST_EAGER):
+    for attn in ("eager", FPT_CPU):
         backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn)
         torch.manual_seed(0)  # ViT's new position table is drawn here
         body = HFBody(backbone, 10).eval()
         outs[attn] = body(x)
         dropouts = [m for m in body.modules() if isinstance(m, torch.nn.Dropout)]
-        assert all(isinstance(m, FastDropout) for m in dropouts) == (attn == FAST_EAGER)
-    torch.testing.assert_close(outs[FAST_EAGER], outs["eager"], rtol=1e-5, atol=1e-5)
+        assert all(isinstance(m, FastDropout) for m in dropouts) == (attn == FPT_CPU)
+    torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", FPT_CPU])
+def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
+    """What sits in padded positions must not change any real token's output, under every implementation."""
+    from fpt.model import HFBody
+
+    body = HFBody(load_backbone(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 64)
+    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5])
+    other = x.clone()
+    other[1, 7:] = torch.randn(5, 64) * 3
+    torch.testing.assert_close(body(other, mask)[1, :7], body(x, mask)[1, :7], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sdpa_from", [10**9, 1], ids=["eager-path", "sdpa-path"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_attention_matches_eager_with_padding(tiny_backbones, monkeypatch, sdpa_from, precision):
+    """Both paths of fpt's CPU attention give transformers' eager outputs and input gradients, padded."""
+    from fpt import fastops
+    from fpt.model import HFBody
+
+    monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", sdpa_from)
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 64)
+    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5, [1] * 3 + [0] * 9])
+    outs, grads = {}, {}
+    for attn in ("eager", FPT_CPU):
+        body = HFBody(load_backbone(tiny_backbones["bert"], attn_implementation=attn, dropout=0.0), 12).train()
+        h = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = body(h, mask)
+        out.float()[mask.bool()].square().sum().backward()
+        outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
+    tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(outs[FPT_CPU], outs["eager"], **tol)
+    torch.testing.assert_close(grads[FPT_CPU], grads["eager"], **tol)
+
+
+def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones, monkeypatch):
+    from fpt import fastops
+    from fpt.model import HFBody
+
+    monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
+    body = HFBody(load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
+    weights = []
+    attn_modules = [m for m in body.modules() if type(m).__name__ == "BertSelfAttention"]
+    handles = [m.register_forward_hook(lambda _m, _i, out: weights.append(out[1])) for m in attn_modules]
+    x = torch.randn(2, 12, 64)
+    body(x)
+    assert all(w is None for w in weights)  # long enough for the fused kernel: no weights
+    weights.clear()
+    with fastops.attention_weights_wanted():
+        body(x)
+    assert len(weights) == 2 and all(w.shape == (2, 2, 12, 12) for w in weights)
+    for h in handles:
+        h.remove()

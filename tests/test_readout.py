@@ -38,7 +38,7 @@ def _inputs(spec: TaskSpec):
     return torch.randn(3, spec.seq_len, spec.token_dim, generator=g), None
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FAST_EAGER])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
 def test_rows_match_full_last_block(tiny_backbones, spec_name, attn):
     spec = SPECS[spec_name]

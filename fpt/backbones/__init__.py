@@ -240,7 +240,7 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     from fpt import fastops
 
     config, arch, ref = load_config(name, dropout=dropout)
-    fast_cpu = attn_implementation == fastops.FAST_EAGER  # fpt's CPU path: cheaper dropout, same math
+    fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops.py): same math, fewer passes
     if fast_cpu and arch.standard_eager:
         fastops.register()
     elif fast_cpu:
