@@ -38,9 +38,12 @@ def _inputs(spec: TaskSpec):
     return torch.randn(3, spec.seq_len, spec.token_dim, generator=g), None
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU])
+@pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU, "fpt_cpu-fused"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-def test_rows_match_full_last_block(tiny_backbones, spec_name, attn):
+def test_rows_match_full_last_block(tiny_backbones, spec_name, attn, monkeypatch):
+    if attn == "fpt_cpu-fused":  # fpt's CPU attention on its fused-kernel path (K queries, T keys)
+        monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
+        attn = fastops.FPT_CPU
     spec = SPECS[spec_name]
     at_rows, full = _pair(tiny_backbones["bert"], spec, attn)
     assert at_rows.body.reads_rows and not full.body.reads_rows
