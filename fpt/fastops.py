@@ -7,7 +7,7 @@ most of the difference in drawing one random number per element (docs/performanc
 1 / (1 - p)) from 16 random bits per element: results stay seeded and repeatable, and differ from
 `nn.Dropout`'s only as two seeds differ.
 
-`cpu_attention` is the attention of BERT and ViT (`attn_implementation: auto` on the CPU): the
+`cpu_attention` is the attention of BERT, ViT and GPT-2 (`attn_implementation: auto` on the CPU): the
 eager math with the scores kept in their own dtype (no fp32 round trip of the (B, H, T, T) matrix
 under bf16), and torch's fused SDPA kernel where it is faster: long sequences without attention
 dropout (docs/performance.md, "Attention on the CPU").
@@ -80,19 +80,26 @@ def attention_weights_wanted():
 def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs):
-    """BERT's and ViT's attention (transformers' `eager_attention_forward`), for the CPU.
+    """BERT's, ViT's and GPT-2's attention (transformers' `eager_attention_forward`), for the CPU.
 
     q, k, v: (B, H, T, d); `attention_mask` None or boolean (B, 1, Tq, Tk), True where a query may look
-    (transformers' sdpa mask, registered for this implementation). Only for architectures whose own
+    (transformers' sdpa mask, registered for this implementation; None also for a causal model without
+    padding, whose module says `is_causal`). Only for architectures whose own
     eager attention is exactly this (Architecture.standard_eager). Returns (out (B, T, H, d), weights or
     None); the weights feed the attention-map hooks of fpt/attention.py.
     """
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     dropout = dropout if module.training else 0.0
+    # transformers' sdpa mask is None for a causal model without padding: causality is then ours to apply
+    causal = attention_mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1
     if dropout == 0.0 and key.shape[-2] >= SDPA_MIN_KEYS and not _weights_wanted:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                             is_causal=causal)
         return out.transpose(1, 2).contiguous(), None
+    if causal:  # (Tq, Tk), True on and below the diagonal (queries are the last Tq positions)
+        tq, tk = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(tq, tk, dtype=torch.bool, device=query.device).tril(tk - tq)
     # NOTE: the scale goes on the queries and dropout's 1 / (1 - p) on the output, both (B, H, T, d), not on
     # the (B, H, T, T) scores, forward and backward: the same math (rounded at another point) with two
     # fewer passes over the largest tensor of the step at long lengths.

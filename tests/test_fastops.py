@@ -59,23 +59,27 @@ def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     torch.testing.assert_close(body(other, mask)[1, :7], body(x, mask)[1, :7], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("model_type", ["bert", "gpt2"])  # bidirectional, and causal
 @pytest.mark.parametrize("sdpa_from", [10**9, 1], ids=["eager-path", "sdpa-path"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cpu_attention_matches_eager_with_padding(tiny_backbones, monkeypatch, sdpa_from, precision):
-    """Both paths of fpt's CPU attention give transformers' eager outputs and input gradients, padded."""
+def test_cpu_attention_matches_eager(tiny_backbones, monkeypatch, sdpa_from, precision, model_type, padded):
+    """Both paths of fpt's CPU attention give transformers' eager outputs and input gradients (with and
+    without padding; GPT-2 without padding gets no mask from transformers, only `is_causal`)."""
     from fpt import fastops
     from fpt.model import HFBody
 
     monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", sdpa_from)
     torch.manual_seed(0)
     x = torch.randn(3, 12, 64)
-    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5, [1] * 3 + [0] * 9])
+    mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5, [1] * 3 + [0] * 9]) if padded else torch.ones(3, 12).long()
     outs, grads = {}, {}
     for attn in ("eager", FPT_CPU):
-        body = HFBody(load_backbone(tiny_backbones["bert"], attn_implementation=attn, dropout=0.0), 12).train()
+        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn, dropout=0.0)
+        body = HFBody(backbone, 12).train()
         h = x.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = body(h, mask)
+            out = body(h, mask if padded else None)
         out.float()[mask.bool()].square().sum().backward()
         outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
     tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-2)

@@ -49,8 +49,9 @@ class Architecture:
     # no `inputs_embeds`. With `final_norm` set, the FPT body skips that forward: it runs the blocks
     # under `layers`, then the norm at `final_norm`, on the embeddings FPT provides.
     final_norm: str | None = None
-    # the model's eager attention is transformers' plain `eager_attention_forward`, so fpt's CPU fast
-    # path (fpt/fastops.py: the same math, cheaper dropout) may stand in for it
+    # the model's eager attention is transformers' plain `eager_attention_forward` (causal through its
+    # mask where `causal`), so fpt's CPU attention (fpt/fastops.py: the same math, fewer passes,
+    # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
 
 
@@ -66,6 +67,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             layers="h",
             dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
             causal=True,
+            # NOTE: GPT-2's `reorder_and_upcast_attn` variant runs only under the name "eager"; fpt's
+            # CPU attention is its plain path
+            standard_eager=True,
         ),
         Architecture(
             model_type="bert",
