@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
@@ -79,16 +80,11 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, *, seconds: floa
     return best
 
 
-_cpu_sdpa_counted = False
-
-
+@functools.cache  # registered once per process
 def _count_cpu_sdpa() -> None:
     """Teach torch's FLOP counter the CPU flash-attention kernel (it knows only the GPU ones), with the
     formulas it uses for those: without this a step on fpt's CPU attention at >= 512 keys would leave
     out its attention FLOPs and understate MFU."""
-    global _cpu_sdpa_counted
-    if _cpu_sdpa_counted:
-        return
     from torch.utils import flop_counter as fc
 
     aten = torch.ops.aten
@@ -100,8 +96,6 @@ def _count_cpu_sdpa() -> None:
     @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
     def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
         return fc.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
-
-    _cpu_sdpa_counted = True
 
 
 def count_flops(fn) -> int:
