@@ -25,6 +25,7 @@ Every process runs the same `fpt.train.train`; this module is what differs betwe
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -253,6 +254,12 @@ class Ranks:
         if self.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self.owns_group = False
+            # NOTE: objects in reference cycles (the run's DDP wrapper and what it holds) can keep the
+            # gloo group alive past destroy_process_group; torn down at the interpreter's exit, a rank
+            # aborted in about 1 run in 10 ("terminate called without an active exception", no Python
+            # frame). Collected here, while the interpreter is whole: 0 aborts in 60 runs of the DDP
+            # test's command, against 3 in 30 without.
+            gc.collect()
 
 
 def setup(cfg: TrainConfig) -> Ranks:
