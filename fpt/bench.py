@@ -222,9 +222,10 @@ def _pad_collate(items):
 
 
 def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
-    # the paper's code: the whole model in fp32 with transformers' eager attention, every block in full
+    # the paper's code: the whole model in fp32 with transformers' eager attention, every block in full,
+    # not compiled
     ref_cfg = dataclasses.replace(cfg, precision="fp32", attn_implementation="eager", cache_features=False,
-                                  last_block_at_readout=False)
+                                  last_block_at_readout=False, compile=False)
     exp = build_experiment(ref_cfg)
     optimizer = torch.optim.Adam(exp.model.parameters(), lr=cfg.lr)  # the paper passes every parameter
     micro = min(REFERENCE_MICRO_BATCH, cfg.batch_size)

@@ -36,10 +36,23 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
     return lanes >= -32768 + round(p * 65536)
 
 
+# NOTE: an opaque op for torch.compile, which cannot trace `random_` and would break the graph at every
+# dropout (a dozen small graphs per step); opaque, the mask's consumers still fuse around it.
+@torch.library.custom_op("fpt::keep_mask_like", mutates_args=())
+def keep_mask_like(like: torch.Tensor, p: float) -> torch.Tensor:
+    """`keep_mask` of `like`'s shape, on its device."""
+    return keep_mask(like.shape, p, like.device)
+
+
+@keep_mask_like.register_fake
+def _(like: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device)
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
-    return torch.where(keep_mask(x.shape, p, x.device), x * (1.0 / (1.0 - p)), 0.0)
+    return torch.where(keep_mask_like(x, p), x * (1.0 / (1.0 - p)), 0.0)
 
 
 class FastDropout(nn.Dropout):
@@ -111,7 +124,7 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     # two of the backward); at 1024 tokens those casts were a third of the step.
     weights = F.softmax(weights, dim=-1)
     if dropout > 0.0:
-        kept = torch.where(keep_mask(weights.shape, dropout, weights.device), weights, 0.0)
+        kept = torch.where(keep_mask_like(weights, dropout), weights, 0.0)
         out = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
     else:
         out = torch.matmul(weights, value)  # (B, H, T, d)

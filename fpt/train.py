@@ -86,10 +86,23 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
         exp.weights_sha256()  # the same hash as an fp32 run of the same weights
         store_frozen_matmul_weights(exp.model, torch.bfloat16)
     if cfg.compile:
+        if device.type == "cpu":
+            _check_cpu_compiler()
         exp.model.compile()  # in place: parameter names (checkpoints) stay those of the eager model
     if cfg.cache_features:
         exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
     return exp
+
+
+def _check_cpu_compiler() -> None:
+    """torch.compile writes C++ kernels on the CPU: say so now, not in a traceback at the first step."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # inductor's InvalidCxxCompiler, or anything else its search raises
+        raise FPTError(f"--compile on the CPU needs a C++ compiler (g++ or clang++, or one named by CXX), "
+                       f"and none was found ({type(e).__name__}): install one (apt install g++) or drop --compile")
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

@@ -50,6 +50,21 @@ def test_reference_counts_the_same_flops_as_fpt_in_fp32(tiny_backbones, tmp_path
     assert ours.flops_per_step == pytest.approx(ref.flops_per_step, rel=0.02)
 
 
+def test_reference_is_built_without_fpts_levers(tiny_backbones, tmp_path, monkeypatch):
+    """The reference is the paper's loop whatever fpt's loop is given: fp32, eager attention, every
+    block in full, no feature cache, not compiled."""
+    import fpt.bench
+
+    built = []
+    real = fpt.bench.build_experiment
+    monkeypatch.setattr(fpt.bench, "build_experiment", lambda cfg: built.append(cfg) or real(cfg))
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, precision="bf16", compile=True, attn_implementation="sdpa")
+    bench_reference(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
+    (ref,) = built
+    assert (ref.precision, ref.attn_implementation, ref.compile, ref.cache_features, ref.last_block_at_readout) == \
+        ("fp32", "eager", False, False, False)
+
+
 def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",

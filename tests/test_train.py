@@ -125,17 +125,35 @@ def test_bf16_stores_the_frozen_body_in_bf16_and_still_learns(tiny_backbones, tm
 
 
 def test_compile_option_matches_eager(tiny_backbones, tmp_path):
-    """`compile: true` compiles the model in place: same losses (to float tolerance), same checkpoint names."""
+    """`compile: true` compiles the model in place: same losses (to float tolerance), same checkpoint names,
+    and fpt's CPU dropout (hidden and attention) traced whole, not a graph break at every dropout."""
     import torch
+    from torch._dynamo.utils import counters
 
     results = {}
+    counters.clear()
     for compiled in (False, True):
-        cfg = _cfg(tiny_backbones["bert"], tmp_path / str(compiled), compile=compiled, dropout=0.0, steps=4,
+        cfg = _cfg(tiny_backbones["bert"], tmp_path / str(compiled), compile=compiled, dropout=0.1, steps=4,
                    eval_every=4)
         results[compiled] = train(cfg, progress=False)
         ckpt = torch.load(tmp_path / str(compiled) / "run" / "checkpoint.pt", weights_only=False)
         assert not any("_orig_mod" in k for k in ckpt["trainable"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # the same dropout masks, drawn in the same order: same losses
     assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-4)
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
+    """torch.compile on the CPU writes C++: with no compiler the run stops before it starts, in one line."""
+    import torch._inductor.config
+
+    from fpt.cli import main
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("fpt-no-such-compiler++",))
+    with pytest.raises(FPTError, match="needs a C.. compiler"):
+        train(_cfg(tiny_backbones["bert"], tmp_path, compile=True), progress=False)
+    assert main(["train", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--compile", "true",
+                 "--steps", "2", "--run-dir", str(tmp_path / "cli")]) != 0
 
 
 def test_lr_schedules():
