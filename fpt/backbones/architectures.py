@@ -114,6 +114,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             causal=True,
             add_positions=True,
             add_positions_why="uses rotary positions and has no learned table",
+            # plain eager attention plus grouped key/value heads and an optional score cap, both of which
+            # fpt's CPU attention applies; sliding windows come in its mask
+            standard_eager=True,
         ),
         Architecture(
             model_type="vit",
