@@ -11,6 +11,9 @@ Three measurements, all in one process on one device:
 
 FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` on one real step, so they
 include what autograd really runs: no weight gradients for frozen weights.
+
+With `--time-to-accuracy`, both loops instead train with the same recipe until the test accuracy
+reaches the target (`run_time_to_accuracy`): the wall time to an accuracy, not only a step rate.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +225,8 @@ def _pad_collate(items):
     return x, torch.stack(ys), torch.stack(lengths)
 
 
-def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+def build_reference(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, Callable[[], None], int]:
+    """The paper's loop for `cfg`: (experiment, optimizer, one training step, micro-batch size)."""
     # the paper's code: the whole model in fp32 with transformers' eager attention, every block in full,
     # not compiled
     ref_cfg = dataclasses.replace(cfg, precision="fp32", attn_implementation="eager", cache_features=False,
@@ -235,7 +240,6 @@ def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: 
     loader = iter(DataLoader(PerSampleDataset(exp, cfg.seed), batch_size=micro, shuffle=False,
                              collate_fn=_pad_collate, num_workers=0))
     padded = exp.data.spec.padded
-    tokens = cfg.batch_size * exp.data.spec.seq_len
 
     def step():
         optimizer.zero_grad()
@@ -247,9 +251,94 @@ def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: 
         torch.nn.utils.clip_grad_norm_(exp.model.parameters(), cfg.grad_clip)
         optimizer.step()
 
+    return exp, optimizer, step, micro
+
+
+def bench_reference(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+    exp, _, step, micro = build_reference(cfg)
+    tokens = cfg.batch_size * exp.data.spec.seq_len
     n_eval = eval_batches * max(cfg.eval_batch_size // micro, 1)  # the same examples as fpt's eval batches
     return _measure("reference", "fp32", exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
                     evaluate=lambda: _eval_tokens_per_s(exp, n_eval, graph=True, batch_size=micro))
+
+
+# ---------------------------------------------------------------------------------------------------
+# time to accuracy: both loops trained with the same recipe until the test accuracy reaches a target
+
+
+def _reference_test_accuracy(exp: Experiment, micro: int) -> float:
+    """The whole test split the paper's way: eval mode, fp32, micro-batches, the autograd graph built."""
+    exp.model.eval()
+    correct = total = 0
+    for batch in exp.data.eval_batches("test", micro):
+        batch = batch.to(exp.device)
+        _, right = loss_and_correct(exp.model(batch.x, batch.lengths), batch.y)
+        correct, total = correct + int(right), total + batch.y.numel()
+    exp.model.train()
+    return correct / max(total, 1)
+
+
+def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> dict:
+    """Train `loop` ("fpt" or "reference") with `cfg`'s recipe (steps, learning-rate schedule, batch),
+    testing every `cfg.eval_every` steps, until the test accuracy reaches `target` or the steps run out.
+    Wall seconds count from the first step and include the evaluations, each loop's own way."""
+    from fpt.train import evaluate
+
+    if loop == "fpt":
+        exp = build_experiment(cfg)
+        optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def step():
+            train_step(exp, optimizer, exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True))
+
+        def test_accuracy():
+            return evaluate(exp, "test")["accuracy"]
+        precision = cfg.precision
+    else:
+        exp, optimizer, step, micro = build_reference(cfg)
+
+        def test_accuracy():
+            return _reference_test_accuracy(exp, micro)
+        precision = "fp32"
+    exp.model.train()
+    curve, reached, start = [], None, time.perf_counter()
+    for s in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(s)  # the same schedule for both loops: only the loop differs
+        step()
+        if (s + 1) % cfg.eval_every == 0 or s + 1 == cfg.steps:
+            _sync(exp.device)
+            accuracy = test_accuracy()
+            seconds = time.perf_counter() - start
+            curve.append({"step": s + 1, "test_accuracy": accuracy, "seconds": round(seconds, 3)})
+            log(f"{loop:<9} {precision:<4}  step {s + 1:>6}  test {accuracy:.2%}  {seconds:7.0f} s")
+            if accuracy >= target:
+                reached = curve[-1]
+                break
+    return {"name": loop, "precision": precision, "target": target, "curve": curve,
+            "reached": reached is not None,
+            "seconds_to_target": reached["seconds"] if reached else None,
+            "steps_to_target": reached["step"] if reached else None}
+
+
+def run_time_to_accuracy(cfg: TrainConfig, target: float, *, reference: bool = True, log=print) -> dict:
+    """Both loops to `target` test accuracy, one after the other, each in a fresh process on the CPU."""
+    if not 0 < target <= 1:
+        raise FPTError(f"--time-to-accuracy is a test accuracy in (0, 1], got {target}")
+    loops = [_isolated(train_to_accuracy, cfg, "fpt", target)]
+    if reference:
+        loops.append(_isolated(train_to_accuracy, cfg, "reference", target))
+    for r in loops:
+        what = f"{r['seconds_to_target']:.0f} s ({r['steps_to_target']} steps)" if r["reached"] else \
+            f"not reached in {cfg.steps} steps (best {max(p['test_accuracy'] for p in r['curve']):.2%})"
+        log(f"time to {target:.1%} test accuracy, {r['name']} {r['precision']}: {what}")
+    out = {"task": cfg.task, "backbone": cfg.backbone, "batch_size": cfg.batch_size, "target": target,
+           "steps": cfg.steps, "eval_every": cfg.eval_every, "loops": loops}
+    if reference and all(r["reached"] for r in loops):
+        out["speedup_to_target"] = round(loops[1]["seconds_to_target"] / max(loops[0]["seconds_to_target"], 1e-3), 2)
+        log(f"speedup to {target:.1%}: {out['speedup_to_target']:.2f}x")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -97,3 +97,30 @@ def test_cpu_flash_attention_flops_are_counted():
     # the backward: grads of q, k, v and the weights, plus the scores recomputed (torch's GPU formula)
     total = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward())
     assert total == scores_and_sum + 5 * scores_and_sum // 2
+
+
+@pytest.mark.parametrize("loop", ["fpt", "reference"])
+def test_train_to_accuracy_stops_at_the_target(tiny_backbones, tmp_path, loop):
+    from fpt.bench import train_to_accuracy
+
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, steps=6, eval_every=2)
+    low = train_to_accuracy(cfg, loop, 0.01, log=lambda _: None)  # any accuracy reaches 1%
+    assert low["reached"] and low["steps_to_target"] == 2 and len(low["curve"]) == 1
+    assert low["seconds_to_target"] == low["curve"][0]["seconds"] > 0
+    high = train_to_accuracy(cfg, loop, 1.0, log=lambda _: None)  # 6 steps do not learn Bit XOR perfectly
+    assert not high["reached"] and [p["step"] for p in high["curve"]] == [2, 4, 6]
+    assert high["precision"] == ("fp32" if loop == "reference" else cfg.precision)
+
+
+def test_time_to_accuracy_command(tiny_backbones, tmp_path, capsys):
+    out = tmp_path / "tta.json"
+    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--init", "random",
+                 "--device", "cpu", "--time-to-accuracy", "0.01", "--steps", "4", "--eval-every", "2",
+                 "--task-options", "{eval_examples: 32}", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])["time_to_accuracy"]
+    assert [r["name"] for r in result["loops"]] == ["fpt", "reference"] and "speedup_to_target" in result
+    assert "time to 1.0% test accuracy, reference fp32" in printed
+    assert json.loads(out.read_text())["time_to_accuracy"] == result
+    assert main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--time-to-accuracy", "97"]) != 0

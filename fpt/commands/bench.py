@@ -29,19 +29,25 @@ def add_parser(sub) -> None:
     p.add_argument("--scaling", metavar="SEQ_LENS", help="instead: fpt's step over synthetic inputs of these "
                    "lengths (e.g. 64,256,1024) x --scaling-batches")
     p.add_argument("--scaling-batches", default="8,32", help="batch sizes for --scaling")
+    p.add_argument("--time-to-accuracy", type=float, metavar="ACC", help="instead: train both loops with the "
+                   "config's recipe (--steps, --lr, --lr-schedule, ...) until the test accuracy reaches ACC "
+                   "(e.g. 0.97), testing every --eval-every steps; prints the wall time of each")
     p.add_argument("--out", help="also write the figures to this JSON file")
     add_config_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.bench import run_bench, run_scaling
+    from fpt.bench import run_bench, run_scaling, run_time_to_accuracy
     from fpt.errors import FPTError
 
     cfg = config_from_args(args)
     if min(args.bench_steps, args.eval_batches) < 1 or args.warmup < 0:
         raise FPTError("--bench-steps and --eval-batches must be at least 1, --warmup at least 0")
-    if args.scaling:
+    if args.time_to_accuracy is not None:
+        result = {"time_to_accuracy": run_time_to_accuracy(cfg, args.time_to_accuracy,
+                                                           reference=not args.no_reference)}
+    elif args.scaling:
         result = {"scaling": run_scaling(cfg, seq_lens=_ints(args.scaling), batch_sizes=_ints(args.scaling_batches),
                                          steps=args.bench_steps, warmup=args.warmup)}
     else:
