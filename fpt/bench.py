@@ -290,7 +290,9 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
         gen = torch.Generator().manual_seed(cfg.seed)
 
         def step():
-            train_step(exp, optimizer, exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True))
+            loss, _ = train_step(exp, optimizer, exp.data.train_batch(cfg.batch_size, gen).to(exp.device))
+            if not torch.isfinite(loss):
+                raise FPTError(f"fpt's loop diverged (loss {loss.item()}): lower --lr or raise --grad-clip")
 
         def test_accuracy():
             return evaluate(exp, "test")["accuracy"]

@@ -124,3 +124,12 @@ def test_time_to_accuracy_command(tiny_backbones, tmp_path, capsys):
     assert "time to 1.0% test accuracy, reference fp32" in printed
     assert json.loads(out.read_text())["time_to_accuracy"] == result
     assert main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--time-to-accuracy", "97"]) != 0
+
+
+def test_time_to_accuracy_stops_a_diverging_run(tiny_backbones, tmp_path):
+    from fpt.bench import train_to_accuracy
+    from fpt.errors import FPTError
+
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, steps=20, eval_every=10, lr=1e30, grad_clip=0.0)
+    with pytest.raises(FPTError, match="diverged"):
+        train_to_accuracy(cfg, "fpt", 1.0, log=lambda _: None)
