@@ -145,16 +145,22 @@ def _time(step, n: int, device: torch.device) -> float:
 # fpt's loop
 
 
-def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+def build_fpt_loop(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, Callable[[], torch.Tensor]]:
+    """fpt's loop for `cfg`: (experiment, optimizer, one training step returning its loss)."""
     exp = build_experiment(cfg)
     optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    tokens = cfg.batch_size * exp.data.spec.seq_len
 
-    def step():
+    def step() -> torch.Tensor:
         batch = exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True)
-        train_step(exp, optimizer, batch)
+        return train_step(exp, optimizer, batch)[0]
 
+    return exp, optimizer, step
+
+
+def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+    exp, _, step = build_fpt_loop(cfg)
+    tokens = cfg.batch_size * exp.data.spec.seq_len
     return _measure("fpt", cfg.precision, exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
                     evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False))
 
@@ -285,12 +291,10 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
     from fpt.train import evaluate
 
     if loop == "fpt":
-        exp = build_experiment(cfg)
-        optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        exp, optimizer, fpt_step = build_fpt_loop(cfg)
 
         def step():
-            loss, _ = train_step(exp, optimizer, exp.data.train_batch(cfg.batch_size, gen).to(exp.device))
+            loss = fpt_step()
             if not torch.isfinite(loss):
                 raise FPTError(f"fpt's loop diverged (loss {loss.item()}): lower --lr or raise --grad-clip")
 

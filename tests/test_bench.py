@@ -65,14 +65,19 @@ def test_reference_is_built_without_fpts_levers(tiny_backbones, tmp_path, monkey
         ("fp32", "eager", False, False, False)
 
 
-def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
-                 "--device", "cpu", "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1",
-                 "--task-options", "{eval_examples: 32}", "--out", str(out)])
+def _bench_command(backbone, out, capsys, *flags) -> tuple[str, dict]:
+    """`fpt bench` on tiny Bit XOR: what it printed, and its last line (the JSON result)."""
+    code = main(["bench", "--task", "bit-xor", "--backbone", backbone, "--init", "random", "--device", "cpu",
+                 "--task-options", "{eval_examples: 32}", "--out", str(out), *flags])
     assert code == 0
     printed = capsys.readouterr().out
-    result = json.loads(printed.strip().splitlines()[-1])
+    return printed, json.loads(printed.strip().splitlines()[-1])
+
+
+def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    printed, result = _bench_command(tiny_backbones["gpt2"], out, capsys,
+                                     "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1")
     assert [loop["name"] for loop in result["loops"]] == ["fpt", "fpt", "reference"]
     assert set(result["speedup_train"]) == {"fp32", "bf16"}
     assert "speedup over the reference loop" in printed
@@ -114,12 +119,9 @@ def test_train_to_accuracy_stops_at_the_target(tiny_backbones, tmp_path, loop):
 
 def test_time_to_accuracy_command(tiny_backbones, tmp_path, capsys):
     out = tmp_path / "tta.json"
-    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--init", "random",
-                 "--device", "cpu", "--time-to-accuracy", "0.01", "--steps", "4", "--eval-every", "2",
-                 "--task-options", "{eval_examples: 32}", "--out", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    result = json.loads(printed.strip().splitlines()[-1])["time_to_accuracy"]
+    printed, result = _bench_command(tiny_backbones["bert"], out, capsys,
+                                     "--time-to-accuracy", "0.01", "--steps", "4", "--eval-every", "2")
+    result = result["time_to_accuracy"]
     assert [r["name"] for r in result["loops"]] == ["fpt", "reference"] and "speedup_to_target" in result
     assert "time to 1.0% test accuracy, reference fp32" in printed
     assert json.loads(out.read_text())["time_to_accuracy"] == result
