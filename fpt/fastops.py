@@ -1,4 +1,5 @@
-"""CPU fast paths that keep the math: cheaper dropout, and attention without needless passes.
+"""Fast paths that keep the math: cheaper dropout and attention without needless passes (CPU), and
+GPT-2's GELU as one kernel (every device).
 
 On the CPU the random generator, not the arithmetic, is what dropout costs: a MiniLM step on MNIST
 (eager attention, bf16) takes 172 ms without dropout and about 250 ms with torch's dropout at 0.1,
@@ -11,6 +12,11 @@ most of the difference in drawing one random number per element (docs/performanc
 eager math with the scores kept in their own dtype (no fp32 round trip of the (B, H, T, T) matrix
 under bf16), and torch's fused SDPA kernel where it is faster: long sequences without attention
 dropout (docs/performance.md, "Attention on the CPU").
+
+`use_fused_gelu`: transformers writes GPT-2's `gelu_new` as eight elementwise ops, and bf16 autocast runs
+its `pow` in fp32, so the whole (B, T, 4D) activation and its backward went through fp32 passes: 60% of
+a bf16 GPT-2 step on an H200 (docs/performance.md, "GPU"). torch's tanh-approximate `F.gelu` is the same
+function in one kernel, in the input's dtype.
 """
 from __future__ import annotations
 
@@ -67,6 +73,24 @@ def use_fast_dropout(model: nn.Module) -> int:
         for name, child in module.named_children():
             if type(child) is nn.Dropout:
                 setattr(module, name, FastDropout(child.p))
+                swapped += 1
+    return swapped
+
+
+class TanhGELU(nn.Module):
+    """`gelu_new` (0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))) as torch's one fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+def use_fused_gelu(model: nn.Module) -> int:
+    """Swap transformers' `NewGELUActivation` (GPT-2's `gelu_new`) for `TanhGELU`; returns the count."""
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child).__name__ == "NewGELUActivation":
+                setattr(module, name, TanhGELU())
                 swapped += 1
     return swapped
 

@@ -149,3 +149,29 @@ def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones, monkeypat
     assert len(weights) == 2 and all(w.shape == (2, 2, 12, 12) for w in weights)
     for h in handles:
         h.remove()
+
+
+def test_fused_gelu_is_gpt2s_gelu_new():
+    """`TanhGELU` computes transformers' `gelu_new` (values and gradients, to fp32 rounding), in one op."""
+    from transformers.activations import NewGELUActivation
+
+    from fpt.fastops import TanhGELU
+
+    x = (torch.randn(100_000) * 4).requires_grad_(True)
+    y = x.detach().clone().requires_grad_(True)
+    fused, reference = TanhGELU()(x), NewGELUActivation()(y)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    fused.sum().backward()
+    reference.sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", FPT_CPU])
+def test_fused_gelu_everywhere_but_the_published_model(tiny_backbones, attn):
+    """GPT-2's activation is swapped on every path except explicit `eager`, which the bench's reference
+    loop uses to run transformers' model as published."""
+    from fpt.fastops import TanhGELU
+
+    backbone = load_backbone(tiny_backbones["gpt2"], attn_implementation=attn)
+    acts = [type(block.mlp.act).__name__ for block in backbone.model.h]
+    assert acts == ["NewGELUActivation" if attn == "eager" else TanhGELU.__name__] * len(backbone.model.h)
