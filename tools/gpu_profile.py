@@ -1,0 +1,65 @@
+"""Where a bf16 training step of fpt's loop spends its GPU time (GPT-2 small's shape, random weights,
+sequence 1024, batch 32): torch.profiler's kernel table, then the step time of a few variants.
+
+    python tools/gpu_profile.py [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import torch
+
+
+def main() -> int:
+    from fpt.bench import _time, build_fpt_loop
+    from fpt.config import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--variants", default="base,gelu_new,dropout0,eager,compile")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    base = TrainConfig(task="synthetic", task_options={"seq_len": args.seq_len, "token_dim": 16},
+                       backbone="gpt2", init="random", batch_size=args.batch_size, precision="bf16",
+                       device=args.device)
+    variants = {"base": {}, "gelu_new": {}, "dropout0": {"dropout": 0.0}, "eager": {"attn_implementation": "eager"},
+                "compile": {"compile": True}}
+    for name in args.variants.split(","):
+        cfg = dataclasses.replace(base, **variants[name])
+        exp, _, step = build_fpt_loop(cfg)
+        if name == "gelu_new":  # transformers' own GELU back in place of fpt's fused one (fastops.use_fused_gelu)
+            from transformers.activations import NewGELUActivation
+
+            for module in exp.model.modules():
+                for child_name, child in module.named_children():
+                    if type(child).__name__ == "TanhGELU":
+                        setattr(module, child_name, NewGELUActivation())
+        for _ in range(3):
+            step()
+        ms = 1000 * _time(step, 10, exp.device)
+        print(f"{name:<9} {ms:8.1f} ms/step", flush=True)
+        if name == "base":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=90)
+            print(table, flush=True)
+            with open(f"{args.out}/profile_base.txt", "w") as f:
+                f.write(table)
+                f.write(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=90))
+        del exp, step
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
