@@ -66,15 +66,20 @@ class FastDropout(nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
-def use_fast_dropout(model: nn.Module) -> int:
-    """Swap every `nn.Dropout` for `FastDropout` (same p, same train/eval switch); returns the count."""
+def swap_modules(model: nn.Module, matches, replacement) -> int:
+    """Replace every submodule `m` with `matches(m)` by `replacement(m)`; returns the count."""
     swapped = 0
     for module in model.modules():
         for name, child in module.named_children():
-            if type(child) is nn.Dropout:
-                setattr(module, name, FastDropout(child.p))
+            if matches(child):
+                setattr(module, name, replacement(child))
                 swapped += 1
     return swapped
+
+
+def use_fast_dropout(model: nn.Module) -> int:
+    """Swap every `nn.Dropout` for `FastDropout` (same p, same train/eval switch); returns the count."""
+    return swap_modules(model, lambda m: type(m) is nn.Dropout, lambda m: FastDropout(m.p))
 
 
 class TanhGELU(nn.Module):
@@ -86,13 +91,7 @@ class TanhGELU(nn.Module):
 
 def use_fused_gelu(model: nn.Module) -> int:
     """Swap transformers' `NewGELUActivation` (GPT-2's `gelu_new`) for `TanhGELU`; returns the count."""
-    swapped = 0
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child).__name__ == "NewGELUActivation":
-                setattr(module, name, TanhGELU())
-                swapped += 1
-    return swapped
+    return swap_modules(model, lambda m: type(m).__name__ == "NewGELUActivation", lambda m: TanhGELU())
 
 
 # At this many keys and more, torch's fused CPU kernel (flash attention, no T x T matrix) beats the

@@ -34,10 +34,9 @@ def main() -> int:
         if name == "gelu_new":  # transformers' own GELU back in place of fpt's fused one (fastops.use_fused_gelu)
             from transformers.activations import NewGELUActivation
 
-            for module in exp.model.modules():
-                for child_name, child in module.named_children():
-                    if type(child).__name__ == "TanhGELU":
-                        setattr(module, child_name, NewGELUActivation())
+            from fpt.fastops import TanhGELU, swap_modules
+
+            swap_modules(exp.model, lambda m: isinstance(m, TanhGELU), lambda m: NewGELUActivation())
         for _ in range(3):
             step()
         ms = 1000 * _time(step, 10, exp.device)
