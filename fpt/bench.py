@@ -236,7 +236,8 @@ def build_reference(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer
     # the paper's code: the whole model in fp32 with transformers' eager attention, every block in full,
     # not compiled
     ref_cfg = dataclasses.replace(cfg, precision="fp32", attn_implementation="eager", cache_features=False,
-                                  last_block_at_readout=False, compile=False)
+                                  last_block_at_readout=False, compile=False,
+                                  compile_mode="default")
     exp = build_experiment(ref_cfg)
     optimizer = torch.optim.Adam(exp.model.parameters(), lr=cfg.lr)  # the paper passes every parameter
     micro = min(REFERENCE_MICRO_BATCH, cfg.batch_size)

@@ -88,7 +88,7 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     if cfg.compile:
         if device.type == "cpu":
             _check_cpu_compiler()
-        exp.model.compile()  # in place: parameter names (checkpoints) stay those of the eager model
+        exp.model.compile(mode=cfg.compile_mode)  # in place: parameter names (checkpoints) stay those of the eager model
     if cfg.cache_features:
         exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
     return exp

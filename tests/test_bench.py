@@ -58,11 +58,12 @@ def test_reference_is_built_without_fpts_levers(tiny_backbones, tmp_path, monkey
     built = []
     real = fpt.bench.build_experiment
     monkeypatch.setattr(fpt.bench, "build_experiment", lambda cfg: built.append(cfg) or real(cfg))
-    cfg = _cfg(tiny_backbones["bert"], tmp_path, precision="bf16", compile=True, attn_implementation="sdpa")
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, precision="bf16", compile=True, compile_mode="reduce-overhead",
+               attn_implementation="sdpa")
     bench_reference(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
     (ref,) = built
-    assert (ref.precision, ref.attn_implementation, ref.compile, ref.cache_features, ref.last_block_at_readout) == \
-        ("fp32", "eager", False, False, False)
+    assert (ref.precision, ref.attn_implementation, ref.compile, ref.compile_mode, ref.cache_features,
+            ref.last_block_at_readout) == ("fp32", "eager", False, "default", False, False)
 
 
 def _bench_command(backbone, out, capsys, *flags) -> tuple[str, dict]:

@@ -143,6 +143,27 @@ def test_compile_option_matches_eager(tiny_backbones, tmp_path):
     assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-4)
 
 
+def test_compile_mode_reaches_torch_compile(tiny_backbones, tmp_path, monkeypatch):
+    """`compile_mode` is torch.compile's `mode` (reduce-overhead: CUDA graphs on a GPU); a mode torch does
+    not have, or a mode without `compile: true`, is a one-line error before anything is built."""
+    import torch
+
+    from fpt.cli import main
+    from fpt.train import build_experiment
+
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    build_experiment(_cfg(tiny_backbones["bert"], tmp_path, compile=True, compile_mode="reduce-overhead"))
+    build_experiment(_cfg(tiny_backbones["bert"], tmp_path, compile=True))
+    assert modes == ["reduce-overhead", "default"]
+    with pytest.raises(FPTError, match="unknown compile_mode"):
+        _cfg(tiny_backbones["bert"], tmp_path, compile=True, compile_mode="fastest")
+    with pytest.raises(FPTError, match="needs --compile true"):
+        _cfg(tiny_backbones["bert"], tmp_path, compile_mode="reduce-overhead")
+    assert main(["train", "--task", "bit-xor", "--compile-mode", "fastest", "--run-dir", str(tmp_path / "x")]) != 0
+    assert not (tmp_path / "x").exists()
+
+
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
     """torch.compile on the CPU writes C++: with no compiler the run stops before it starts, in one line."""
     import torch._inductor.config
