@@ -7,10 +7,10 @@ Run on a machine with CUDA (tools/gpu_bench.sh calls it before timing anything):
 1. fp32, dropout 0: the same seeded Bit XOR run (GPT-2 small's shape, random weights, first 2 blocks)
    on the CPU and on the GPU gives the same losses to float tolerance: the batches, initial weights and
    update order do not depend on the device.
-2. bf16 on the GPU: frozen linear weights stored in bf16, every trainable weight and Adam's state in fp32,
-   and the same run's test loss within a bf16 margin of the fp32 one.
+2. bf16 on the GPU: the same run's test loss within a bf16 margin of the fp32 one, and a bf16 experiment's
+   frozen block matrices stored in bf16, every trainable weight in fp32, all on the device.
 3. A full-depth GPT-2-shape run in bf16 on the GPU, with dropout, learns Bit XOR (test accuracy reported).
-Exits non-zero on the first failed check.
+Runs every check, prints their figures, and exits non-zero if any failed.
 """
 from __future__ import annotations
 
