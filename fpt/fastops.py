@@ -72,7 +72,8 @@ def swap_modules(model: nn.Module, matches, replacement) -> int:
     for module in model.modules():
         for name, child in module.named_children():
             if matches(child):
-                setattr(module, name, replacement(child))
+                # the new module keeps the old one's train/eval mode (a fresh module starts in train mode)
+                setattr(module, name, replacement(child).train(child.training))
                 swapped += 1
     return swapped
 

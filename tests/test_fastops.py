@@ -175,3 +175,13 @@ def test_fused_gelu_everywhere_but_the_published_model(tiny_backbones, attn):
     backbone = load_backbone(tiny_backbones["gpt2"], attn_implementation=attn)
     acts = [type(block.mlp.act).__name__ for block in backbone.model.h]
     assert acts == ["NewGELUActivation" if attn == "eager" else TanhGELU.__name__] * len(backbone.model.h)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2"])
+def test_swapped_modules_keep_the_models_mode(tiny_backbones, model_type):
+    """A loaded body is in eval mode; the dropout and GELU modules swapped in must be too (a fresh module starts
+    in train mode, which had left a just-loaded body applying hidden dropout but not attention dropout)."""
+    model = load_backbone(tiny_backbones[model_type], attn_implementation=FPT_CPU).model
+    modes = {m.training for m in model.modules()}
+    assert modes == {model.training}
+    assert any(isinstance(m, FastDropout) for m in model.modules())
