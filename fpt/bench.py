@@ -167,12 +167,15 @@ def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, p
 
 def _measure(name: str, precision: str, exp: Experiment, step, *, tokens: int, steps: int, warmup: int,
              peak: float, evaluate) -> LoopFigures:
-    """Warm up, count one step's FLOPs, time `steps` steps and `evaluate`, under one peak-memory watch."""
+    """Count one step's FLOPs, warm up, time `steps` steps and `evaluate`, under one peak-memory watch."""
     exp.model.train()
     with PeakMemory(exp.device) as mem:
+        # NOTE: FLOPs are counted on an eager step, first: the same math, and no dispatch mode running over
+        # a compiled (or CUDA-graph) step between the warm-up and the timed steps.
+        with torch.compiler.set_stance("force_eager"):
+            flops = count_flops(step)
         for _ in range(warmup):
             step()
-        flops = count_flops(step)
         s_per_step = _time(step, steps, exp.device)
         eval_tps = evaluate()
     return LoopFigures(name, precision, 1 / s_per_step, tokens / s_per_step, eval_tps,
