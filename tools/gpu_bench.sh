@@ -7,6 +7,13 @@
 #
 #   OUT=gpu-results tools/gpu_bench.sh
 #
+# With MINILM=FOLDER (the embedded MiniLM written small by tools/device_minilm.py, to fit the device
+# tool's 64 MiB) and FPT_DATA=FOLDER holding mnist/, it then runs MiniLM on MNIST on the GPU: `fpt bench`
+# against the reference loop, and the paper's 4x4 patches trained 8,000 steps in bf16, bf16 with CUDA
+# graphs (reduce-overhead) and fp32, each a run folder under $OUT (about 6 more minutes on an H100).
+#
+#   OUT=gpu-results MINILM=.gpu_carry/minilm FPT_DATA=.gpu_carry tools/gpu_bench.sh
+#
 # Runs from the repository root with the machine's own python3 (fpt from this checkout, not installed).
 # transformers wheels in .whl/ (optional) are installed to /tmp/site first, for a machine whose
 # transformers differs from the pinned one. Every figure goes to $OUT as JSON plus the printed log.
@@ -39,4 +46,14 @@ step gpu_scaling python3 -m fpt bench --task synthetic --backbone gpt2 --init ra
     --scaling 64,256,1024 --scaling-batches 8,32 --bench-steps 5 --warmup 2 --out "$OUT/gpu_scaling.json"
 # where the bf16 step's GPU time goes, and the step with transformers' GELU and with torch.compile
 step gpu_profile python3 tools/gpu_profile.py --out "$OUT" --variants base,gelu_new,compile
+if [[ -n "${MINILM:-}" ]]; then
+    step mnist_bench python3 -m fpt bench --task mnist --backbone "$MINILM" --out "$OUT/mnist_bench.json"
+    for variant in "bf16:--precision bf16" "bf16-ro:--precision bf16 --compile true --compile-mode reduce-overhead" \
+                   "fp32:--precision fp32"; do
+        name=mnist4-${variant%%:*}
+        # shellcheck disable=SC2086  # the variant's flags split on purpose
+        step "$name" python3 -m fpt train --task mnist --backbone "$MINILM" ${variant#*:} --steps 8000 --lr 3e-3 \
+            --lr-schedule cosine --warmup-steps 200 --dropout 0 --eval-every 2000 --quiet --run-dir "$OUT/$name"
+    done
+fi
 exit $status
