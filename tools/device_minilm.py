@@ -24,13 +24,19 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fpt.backbones import BACKBONES  # noqa: E402
+from fpt.errors import FPTError  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder to write (config.json, model.safetensors)")
     args = parser.parse_args()
-    src = Path(BACKBONES.get("minilm").locate())
+    if (args.out / "model.safetensors").exists():
+        sys.exit(f"device_minilm: {args.out / 'model.safetensors'} exists; remove it or name another folder")
+    try:
+        src = Path(BACKBONES.get("minilm").locate())
+    except FPTError as e:
+        sys.exit(f"device_minilm: {e}")
     state = load_file(src / "model.safetensors")
     slim = {}
     for name, tensor in state.items():
