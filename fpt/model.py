@@ -42,7 +42,9 @@ class HFBody(nn.Module):
             self.positions = nn.Embedding(seq_len, self.width)
             nn.init.normal_(self.positions.weight, std=0.02)
         # the last block at the read-out tokens only (fpt/readout.py); False where it has no such path
-        self.reads_rows = last_block_at_readout and readout.install(self.last_block, self.arch.model_type)
+        row_block = readout.install(self.last_block, self.arch.model_type) if last_block_at_readout else None
+        self.reads_rows = row_block is not None
+        self.rows_keep_length = self.reads_rows and row_block.keeps_length  # GPT-2: the rows gathered here
 
     @property
     def last_block(self) -> nn.Module:
@@ -59,9 +61,10 @@ class HFBody(nn.Module):
         block = self.last_block
         block.fpt_rows = rows
         try:
-            return self._forward(h, mask)  # the last block returned (B, K, D)
+            out = self._forward(h, mask)  # (B, K, D), or (B, T, D) with the read rows computed
         finally:
             block.fpt_rows = None
+        return readout.gather_rows(out, rows) if self.rows_keep_length else out
 
     def _forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = h.shape

@@ -7,12 +7,17 @@ and values from all T tokens (the read tokens attend to all of them, as before) 
 at the K read rows only. The math is the same; float sums may round differently, and dropout draws
 fewer random numbers, so a run differs from the unpruned one as two seeds differ.
 
+BERT's block returns the K rows; GPT-2's returns all T (the read rows computed, the others its input
+unchanged), because GPT2Model reshapes the last block's output to (B, T, D) after its final norm; the
+body then gathers the read rows after that norm.
+
 Off where all of the last block's attention is wanted (the attention maps of fpt/attention.py),
 and for architectures without a row-wise block here (their last block runs in full).
 """
 from __future__ import annotations
 
 import types
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -32,10 +37,15 @@ def _mask_rows(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | 
     return torch.gather(mask, 2, rows[:, None, :, None].expand(b, h, rows.shape[1], t))
 
 
-def _bert_block_at_rows(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
-                        rows: torch.Tensor) -> torch.Tensor:
-    """BertLayer's forward (self-attention, add & norm, feed-forward, add & norm) at `rows` only."""
+def _attention_interface(attn: nn.Module, fallback: Callable) -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, fallback)
+
+
+def _bert_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    """BertLayer's forward (self-attention, add & norm, feed-forward, add & norm) at `rows` only: (B, K, D)."""
     from transformers.models.bert.modeling_bert import eager_attention_forward
 
     attn = layer.attention.self
@@ -46,29 +56,85 @@ def _bert_block_at_rows(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tens
     query = attn.query(x).view(b, k, -1, d).transpose(1, 2)  # (B, H, K, d)
     key = attn.key(hidden).view(b, t, -1, d).transpose(1, 2)  # (B, H, T, d)
     value = attn.value(hidden).view(b, t, -1, d).transpose(1, 2)
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
-    out, _ = interface(attn, query, key, value, _mask_rows(mask, rows),
-                       dropout=attn.dropout.p if attn.training else 0.0, scaling=attn.scaling)
+    out, _ = _attention_interface(attn, eager_attention_forward)(
+        attn, query, key, value, _mask_rows(attention_mask, rows),
+        dropout=attn.dropout.p if attn.training else 0.0, scaling=attn.scaling)
     out = layer.attention.output(out.reshape(b, k, -1), x)  # (B, K, D): dense, dropout, norm(out + x)
     return layer.feed_forward_chunk(out)  # (B, K, D)
 
 
-#: model_type -> the last block's forward at given rows: (block, hidden (B, T, D), mask, rows (B, K)) -> (B, K, D)
-BLOCKS_AT_ROWS: dict[str, Callable] = {"bert": _bert_block_at_rows}
+def _causal_rows_mask(rows: torch.Tensor, t: int, attn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, K, T): read row r sees keys 0..r, in the form the attention implementation takes
+    (eager: additive floats; the others: booleans, True where a query may look)."""
+    allowed = (torch.arange(t, device=rows.device) <= rows[..., None])[:, None]  # (B, 1, K, T)
+    if attn.config._attn_implementation != "eager":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=rows.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def install(block: nn.Module, model_type: str) -> bool:
-    """Let `block` run at rows: while `block.fpt_rows` is a (B, K) tensor it returns (B, K, D)."""
-    at_rows = BLOCKS_AT_ROWS.get(model_type)
-    if at_rows is None:
-        return False
+def _gpt2_block_at_rows(block: nn.Module, rows: torch.Tensor, hidden: torch.Tensor, past_key_values=None,
+                        attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    """GPT2Block's forward (pre-norm attention, then pre-norm MLP, each added to the residual) at `rows` only.
+
+    Returns (B, T, D): `hidden` with the read rows replaced by the block's output there.
+    """
+    from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
+
+    attn = block.attn
+    b, t, width = hidden.shape
+    k = rows.shape[1]
+    # NOTE: c_attn ([query | key | value] in one layer) runs at every token, through the module (a LoRA
+    # adapter on it takes part); only the read rows' queries are kept. Its query third at the other rows is
+    # under a tenth of the block's work.
+    query, key, value = attn.c_attn(block.ln_1(hidden)).split(width, dim=2)  # 3 x (B, T, D)
+    query = gather_rows(query, rows).view(b, k, -1, attn.head_dim).transpose(1, 2)  # (B, H, K, d)
+    key = key.reshape(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, d)
+    value = value.reshape(b, t, -1, attn.head_dim).transpose(1, 2)
+    # the model's causal mask; None (no padding under sdpa) leaves causality to the implementation, which
+    # cannot place K queries among T keys: the rows' own mask then
+    mask = _mask_rows(attention_mask, rows) if attention_mask is not None else \
+        _causal_rows_mask(rows, t, attn, query.dtype)
+    out, _ = _attention_interface(attn, eager_attention_forward)(
+        attn, query, key, value, mask, dropout=attn.attn_dropout.p if attn.training else 0.0, scaling=attn.scaling)
+    out = attn.resid_dropout(attn.c_proj(out.reshape(b, k, width)))  # (B, K, D)
+    out = out + gather_rows(hidden, rows)
+    out = out + block.mlp(block.ln_2(out))
+    index = rows.unsqueeze(-1).expand(-1, -1, width)
+    return hidden.scatter(1, index, out.to(hidden.dtype))  # (B, T, D)
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """How one architecture's last block runs at the read rows."""
+
+    forward: Callable  # (block, rows (B, K), the block's own arguments...) -> (B, K, D), or (B, T, D) below
+    keeps_length: bool  # returns all T rows (the read ones computed): the body gathers the rows itself
+    covers: Callable[[nn.Module], bool] = lambda block: True  # False: this block's config is not covered
+
+
+#: model_type -> its last block's forward at given rows
+BLOCKS_AT_ROWS: dict[str, RowBlock] = {
+    "bert": RowBlock(_bert_block_at_rows, keeps_length=False),
+    # not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
+    "gpt2": RowBlock(_gpt2_block_at_rows, keeps_length=True,
+                     covers=lambda block: not (block.attn.config.add_cross_attention
+                                               or block.attn.config.reorder_and_upcast_attn)),
+}
+
+
+def install(block: nn.Module, model_type: str) -> RowBlock | None:
+    """Let `block` run at rows while `block.fpt_rows` is a (B, K) tensor; None where the architecture has no
+    row path (or this block's config is one it does not cover)."""
+    row_block = BLOCKS_AT_ROWS.get(model_type)
+    if row_block is None or not row_block.covers(block):
+        return None
     full = block.forward
     block.fpt_rows = None
 
-    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+    def forward(self, *args, **kwargs):
         if self.fpt_rows is None:
-            return full(hidden_states, attention_mask, *args, **kwargs)
-        return at_rows(self, hidden_states, attention_mask, self.fpt_rows)
+            return full(*args, **kwargs)
+        return row_block.forward(self, self.fpt_rows, *args, **kwargs)
 
     block.forward = types.MethodType(forward, block)  # an instance attribute: parameter names stay
-    return True
+    return row_block

@@ -65,7 +65,12 @@ def test_describe_gpt2_random(capsys):
     out = capsys.readouterr().out
     assert re.search(r"^layernorm +38,400 +38,400$", out, re.M)
     assert "attention" in out and "feedforward" in out
-    assert "last block: in full (gpt2 has no read-out path)" in out
+    assert "last block: at the 5 read-out token(s) only" in out  # Bit XOR reads 5 tokens
+
+
+def test_describe_says_when_the_last_block_runs_in_full(tiny_backbones, capsys):
+    assert main(["describe", "--backbone", tiny_backbones["mpnet"], "--task", "bit-xor"]) == 0
+    assert "last block: in full (mpnet has no read-out path)" in capsys.readouterr().out
 
 
 def test_describe_says_where_the_last_block_runs(tiny_backbones, capsys):

@@ -40,12 +40,13 @@ def _inputs(spec: TaskSpec):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU, "fpt_cpu-fused"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-def test_rows_match_full_last_block(tiny_backbones, spec_name, attn, monkeypatch):
+@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn, monkeypatch):
     if attn == "fpt_cpu-fused":  # fpt's CPU attention on its fused-kernel path (K queries, T keys)
         monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
         attn = fastops.FPT_CPU
     spec = SPECS[spec_name]
-    at_rows, full = _pair(tiny_backbones["bert"], spec, attn)
+    at_rows, full = _pair(tiny_backbones[model_type], spec, attn)
     assert at_rows.body.reads_rows and not full.body.reads_rows
     x, lengths = _inputs(spec)
     out_rows, out_full = at_rows(x, lengths), full(x, lengths)
@@ -73,3 +74,33 @@ def test_rows_are_reset_after_a_failed_forward(tiny_backbones):
     with pytest.raises(RuntimeError):
         model.body(torch.randn(2, 12, 7), None, torch.zeros(2, 1, dtype=torch.long))  # wrong hidden width
     assert model.body.last_block.fpt_rows is None
+
+
+@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+def test_rows_keep_lora_adapters(tiny_backbones, model_type):
+    """LoRA adapters on the last block's layers (attention and feed-forward) take part at the read rows."""
+    from fpt.lora import add_lora
+
+    spec = SPECS["last 4 tokens"]
+    models = []
+    for at_rows in (True, False):
+        torch.manual_seed(0)
+        backbone = load_backbone(tiny_backbones[model_type], dropout=0.0, attn_implementation=fastops.FPT_CPU)
+        model = build_fpt(backbone, spec, at_rows)
+        add_lora(model.body.model, backbone.arch, r=2, targets=("attention", "feedforward"))
+        torch.manual_seed(1)  # peft starts B at zero, where a skipped adapter would not show
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+        apply_trainable(model, ("input", "output", "lora"))
+        models.append(model)
+    x, _ = _inputs(spec)
+    out_rows, out_full = models[0](x), models[1](x)
+    torch.testing.assert_close(out_rows, out_full, atol=1e-5, rtol=1e-5)
+    out_rows.square().sum().backward()
+    out_full.square().sum().backward()
+    grads = {n: p.grad for n, p in models[1].named_parameters() if p.requires_grad}
+    assert any("lora_B" in n for n in grads)
+    for name, p in models[0].named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
