@@ -32,13 +32,17 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
                if type(m).__name__ == arch.attention[0]]
     exp.model.eval()
     try:
-        with fastops.attention_weights_wanted():  # fpt's CPU attention would take SDPA at long lengths
+        # every row of the last block too (fpt/readout.py would run it at the read-out rows only); and the
+        # eager math, which fpt's CPU attention would leave for SDPA at long lengths
+        with body.full_last_block(), fastops.attention_weights_wanted():
             exp.model(x.to(exp.device))
     finally:
         for h in handles:
             h.remove()
     if not captured:
         raise FPTError("no attention weights were captured (is attn_implementation 'eager'?)")
+    if len(captured) != len(handles):
+        raise FPTError(f"attention weights came from {len(captured)} of {len(handles)} attention layers")
     return torch.stack(captured)  # (L, H, T, T)
 
 

@@ -6,6 +6,8 @@ parameter groups that `parameter_groups` assigns by visiting modules.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 
@@ -45,6 +47,15 @@ class HFBody(nn.Module):
         row_block = readout.install(self.last_block, self.arch.model_type) if last_block_at_readout else None
         self.reads_rows = row_block is not None
         self.rows_keep_length = self.reads_rows and row_block.keeps_length  # GPT-2: the rows gathered here
+
+    @contextlib.contextmanager
+    def full_last_block(self):
+        """Within this block the last block runs at every token (attention maps want all of its rows)."""
+        before, self.reads_rows = self.reads_rows, False
+        try:
+            yield
+        finally:
+            self.reads_rows = before
 
     @property
     def last_block(self) -> nn.Module:
