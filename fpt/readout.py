@@ -7,7 +7,7 @@ and values from all T tokens (the read tokens attend to all of them, as before) 
 at the K read rows only. The math is the same; float sums may round differently, and dropout draws
 fewer random numbers, so a run differs from the unpruned one as two seeds differ.
 
-BERT's block returns the K rows; GPT-2's returns all T (the read rows computed, the others its input
+BERT's and ViT's blocks return the K rows; GPT-2's returns all T (the read rows computed, the others its input
 unchanged), because GPT2Model reshapes the last block's output to (B, T, D) after its final norm; the
 body then gathers the read rows after that norm.
 
@@ -103,6 +103,26 @@ def _gpt2_block_at_rows(block: nn.Module, rows: torch.Tensor, hidden: torch.Tens
     return hidden.scatter(1, index, out.to(hidden.dtype))  # (B, T, D)
 
 
+def _vit_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    """ViTLayer's forward (pre-norm attention, then pre-norm MLP, each added to the residual) at `rows` only:
+    (B, K, D). fpt runs ViT's blocks and final norm itself (HFBody._run_blocks), so K rows go on as they are."""
+    from transformers.models.vit.modeling_vit import eager_attention_forward
+
+    attn = layer.attention
+    b, t, _ = hidden.shape
+    k = rows.shape[1]
+    normed = layer.layernorm_before(hidden)  # (B, T, D): every token's keys and values are read
+    query = attn.q_proj(gather_rows(normed, rows)).view(b, k, -1, attn.head_dim).transpose(1, 2)  # (B, H, K, d)
+    key = attn.k_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, d)
+    value = attn.v_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    out, _ = _attention_interface(attn, eager_attention_forward)(
+        attn, query, key, value, _mask_rows(attention_mask, rows),
+        dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling)
+    out = layer.dropout(attn.o_proj(out.reshape(b, k, -1))) + gather_rows(hidden, rows)  # (B, K, D)
+    return layer.dropout(layer.mlp(layer.layernorm_after(out))) + out
+
+
 @dataclass(frozen=True)
 class RowBlock:
     """How one architecture's last block runs at the read rows."""
@@ -115,6 +135,7 @@ class RowBlock:
 #: model_type -> its last block's forward at given rows
 BLOCKS_AT_ROWS: dict[str, RowBlock] = {
     "bert": RowBlock(_bert_block_at_rows, keeps_length=False),
+    "vit": RowBlock(_vit_block_at_rows, keeps_length=False),
     # not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
     "gpt2": RowBlock(_gpt2_block_at_rows, keeps_length=True,
                      covers=lambda block: not (block.attn.config.add_cross_attention

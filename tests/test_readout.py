@@ -104,3 +104,21 @@ def test_rows_keep_lora_adapters(tiny_backbones, model_type):
     for name, p in models[0].named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+def test_attention_maps_see_the_whole_last_block(tiny_backbones, model_type, tmp_path):
+    """An experiment that reads rows still gives every layer's full (T, T) map: the maps run the last block
+    at every token."""
+    from fpt.attention import attention_maps
+    from fpt.config import TrainConfig
+    from fpt.train import build_experiment
+
+    exp = build_experiment(TrainConfig(task="bit-xor", backbone=tiny_backbones[model_type],
+                                       attn_implementation="eager", run_dir=str(tmp_path)))
+    assert exp.model.body.reads_rows
+    maps = attention_maps(exp, exp.data.train_batch(4, torch.Generator().manual_seed(0)).x)
+    layers = len(exp.model.body.model.get_submodule(exp.model.body.arch.layers))
+    assert maps.shape[0] == layers and maps.shape[-2:] == (10, 10)  # bit-xor: 10 tokens
+    torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+    assert exp.model.body.reads_rows  # back on afterwards
