@@ -7,7 +7,7 @@ and values from all T tokens (the read tokens attend to all of them, as before) 
 at the K read rows only. The math is the same; float sums may round differently, and dropout draws
 fewer random numbers, so a run differs from the unpruned one as two seeds differ.
 
-BERT's and ViT's blocks return the K rows; GPT-2's returns all T (the read rows computed, the others its input
+BERT's, MPNet's and ViT's blocks return the K rows; GPT-2's returns all T (the read rows computed, the others its input
 unchanged), because GPT2Model reshapes the last block's output to (B, T, D) after its final norm; the
 body then gathers the read rows after that norm.
 
@@ -16,6 +16,7 @@ and for architectures without a row-wise block here (their last block runs in fu
 """
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass
 from typing import Callable
@@ -123,6 +124,31 @@ def _vit_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tenso
     return layer.dropout(layer.mlp(layer.layernorm_after(out))) + out
 
 
+def _mpnet_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, position_bias: torch.Tensor | None = None,
+                         *args, **kwargs) -> tuple[torch.Tensor]:
+    """MPNetLayer's forward (BERT's post-norm block, with the encoder's relative position bias added to the
+    scores) at `rows` only: ((B, K, D),), the tuple MPNetEncoder reads. MPNet's attention is its own eager
+    math (transformers routes it through no attention registry); this is that math at K queries."""
+    attn = layer.attention.attn
+    b, t, _ = hidden.shape
+    k = rows.shape[1]
+    d = attn.attention_head_size
+    x = gather_rows(hidden, rows)  # (B, K, D)
+    query = attn.q(x).view(b, k, -1, d).transpose(1, 2)  # (B, H, K, d)
+    key = attn.k(hidden).view(b, t, -1, d).transpose(1, 2)  # (B, H, T, d)
+    value = attn.v(hidden).view(b, t, -1, d).transpose(1, 2)
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(d)  # (B, H, K, T)
+    if position_bias is not None:  # (B, H, T, T): the read rows' biases
+        scores += _mask_rows(position_bias, rows)
+    if attention_mask is not None:
+        scores = scores + _mask_rows(attention_mask, rows)
+    probs = attn.dropout(torch.softmax(scores, dim=-1))
+    context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(b, k, -1)  # (B, K, D)
+    out = layer.attention.LayerNorm(layer.attention.dropout(attn.o(context)) + x)
+    return (layer.output(layer.intermediate(out), out),)
+
+
 @dataclass(frozen=True)
 class RowBlock:
     """How one architecture's last block runs at the read rows."""
@@ -136,6 +162,7 @@ class RowBlock:
 BLOCKS_AT_ROWS: dict[str, RowBlock] = {
     "bert": RowBlock(_bert_block_at_rows, keeps_length=False),
     "vit": RowBlock(_vit_block_at_rows, keeps_length=False),
+    "mpnet": RowBlock(_mpnet_block_at_rows, keeps_length=False),
     # not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
     "gpt2": RowBlock(_gpt2_block_at_rows, keeps_length=True,
                      covers=lambda block: not (block.attn.config.add_cross_attention
