@@ -7,12 +7,13 @@ and values from all T tokens (the read tokens attend to all of them, as before) 
 at the K read rows only. The math is the same; float sums may round differently, and dropout draws
 fewer random numbers, so a run differs from the unpruned one as two seeds differ.
 
-BERT's, MPNet's and ViT's blocks return the K rows; GPT-2's returns all T (the read rows computed, the others its input
-unchanged), because GPT2Model reshapes the last block's output to (B, T, D) after its final norm; the
-body then gathers the read rows after that norm.
+BERT's, MPNet's, ViT's and Gemma 3's blocks return the K rows; GPT-2's returns all T (the read rows
+computed, the others its input unchanged), because GPT2Model reshapes the last block's output to
+(B, T, D) after its final norm; the body then gathers the read rows after that norm.
 
-Off where all of the last block's attention is wanted (the attention maps of fpt/attention.py),
-and for architectures without a row-wise block here (their last block runs in full).
+Off where all of the last block's attention is wanted (the attention maps of fpt/attention.py), and
+for architectures or configs without a row-wise block here (`RowBlock.covers`: their last block runs
+in full).
 """
 from __future__ import annotations
 
@@ -64,10 +65,15 @@ def _bert_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tens
     return layer.feed_forward_chunk(out)  # (B, K, D)
 
 
-def _causal_rows_mask(rows: torch.Tensor, t: int, attn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, K, T): read row r sees keys 0..r, in the form the attention implementation takes
-    (eager: additive floats; the others: booleans, True where a query may look)."""
-    allowed = (torch.arange(t, device=rows.device) <= rows[..., None])[:, None]  # (B, 1, K, T)
+def _causal_rows_mask(rows: torch.Tensor, t: int, attn: nn.Module, dtype: torch.dtype,
+                      window: int | None = None) -> torch.Tensor:
+    """(B, 1, K, T): read row r sees keys 0..r (the last `window` of them when given), in the form the
+    attention implementation takes (eager: additive floats; the others: booleans, True where a query may look)."""
+    keys = torch.arange(t, device=rows.device)
+    allowed = keys <= rows[..., None]  # (B, K, T)
+    if window is not None:
+        allowed &= keys > rows[..., None] - window
+    allowed = allowed[:, None]  # (B, 1, K, T)
     if attn.config._attn_implementation != "eager":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=rows.device).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -149,6 +155,34 @@ def _mpnet_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Ten
     return (layer.output(layer.intermediate(out), out),)
 
 
+def _gemma3_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tensor, position_embeddings=None,
+                          attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+    """Gemma3DecoderLayer's forward (pre- and post-normed attention and MLP, rotary positions, a sliding window
+    on local layers) at `rows` only: (B, K, D); Gemma3TextModel's final norm takes any length."""
+    from transformers.models.gemma3.modeling_gemma3 import eager_attention_forward, rotate_half
+
+    attn = layer.self_attn
+    b, t, _ = hidden.shape
+    k = rows.shape[1]
+    normed = layer.input_layernorm(hidden)  # (B, T, D): every token's keys and values are read
+    query = attn.q_norm(attn.q_proj(gather_rows(normed, rows)).view(b, k, -1, attn.head_dim).transpose(1, 2))
+    key = attn.k_norm(attn.k_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2))  # (B, Hkv, T, d)
+    value = attn.v_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = position_embeddings  # (B or 1, T, d): the read rows' angles for the queries, all for the keys
+    cos_rows, sin_rows = (gather_rows(c.expand(b, -1, -1), rows)[:, None] for c in (cos, sin))  # (B, 1, K, d)
+    query = query * cos_rows + rotate_half(query) * sin_rows
+    key = key * cos[:, None] + rotate_half(key) * sin[:, None]
+    # None (no padding, or T inside the window, under sdpa) leaves causality to the implementation, which
+    # cannot place K queries among T keys: the rows' own mask then
+    mask = _mask_rows(attention_mask, rows) if attention_mask is not None else \
+        _causal_rows_mask(rows, t, attn, query.dtype, attn.sliding_window)
+    out, _ = _attention_interface(attn, eager_attention_forward)(
+        attn, query, key, value, mask, dropout=attn.attention_dropout if attn.training else 0.0,
+        scaling=attn.scaling, sliding_window=attn.sliding_window)
+    out = layer.post_attention_layernorm(attn.o_proj(out.reshape(b, k, -1))) + gather_rows(hidden, rows)
+    return out + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(out)))
+
+
 @dataclass(frozen=True)
 class RowBlock:
     """How one architecture's last block runs at the read rows."""
@@ -163,6 +197,9 @@ BLOCKS_AT_ROWS: dict[str, RowBlock] = {
     "bert": RowBlock(_bert_block_at_rows, keeps_length=False),
     "vit": RowBlock(_vit_block_at_rows, keeps_length=False),
     "mpnet": RowBlock(_mpnet_block_at_rows, keeps_length=False),
+    # causal Gemma only (not its bidirectional variant)
+    "gemma3_text": RowBlock(_gemma3_block_at_rows, keeps_length=False,
+                            covers=lambda block: block.self_attn.is_causal),
     # not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
     "gpt2": RowBlock(_gpt2_block_at_rows, keeps_length=True,
                      covers=lambda block: not (block.attn.config.add_cross_attention

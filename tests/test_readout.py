@@ -14,6 +14,10 @@ SPECS = {
     "one token": TaskSpec("t", "continuous", seq_len=12, num_classes=3, token_dim=5),
     "last 4 tokens": TaskSpec("t", "continuous", seq_len=12, num_classes=2, token_dim=5, output_tokens=4),
     "padded": TaskSpec("t", "tokens", seq_len=12, num_classes=3, vocab_size=9, output_tokens=2, padded=True),
+    # longer than the tiny Gemma's sliding window of 16
+    "24 tokens, last 4": TaskSpec("t", "continuous", seq_len=24, num_classes=2, token_dim=5, output_tokens=4),
+    "24 tokens, padded": TaskSpec("t", "tokens", seq_len=24, num_classes=3, vocab_size=9, output_tokens=2,
+                                  padded=True),
 }
 
 
@@ -32,8 +36,8 @@ def _inputs(spec: TaskSpec):
     g = torch.Generator().manual_seed(1)
     if spec.input_kind == "tokens":
         x = torch.randint(1, spec.vocab_size, (3, spec.seq_len), generator=g)
-        lengths = torch.tensor([12, 7, 3])
-        x[torch.arange(12) >= lengths.unsqueeze(1)] = 0
+        lengths = torch.tensor([spec.seq_len, 7, 3])
+        x[torch.arange(spec.seq_len) >= lengths.unsqueeze(1)] = 0
         return x, lengths
     return torch.randn(3, spec.seq_len, spec.token_dim, generator=g), None
 
@@ -60,11 +64,16 @@ def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn,
             torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_architectures_without_a_row_path_run_the_full_block(tiny_backbones):
+def test_every_architecture_reads_rows_and_an_uncovered_config_runs_the_full_block(tiny_backbones):
     for model_type, folder in tiny_backbones.items():
         model = build_fpt(load_backbone(folder, dropout=0.0), SPECS["one token"])
         assert model.body.reads_rows == (model_type in BLOCKS_AT_ROWS)
         assert model(torch.randn(2, 12, 5)).shape == (2, 1, 3)
+    backbone = load_backbone(tiny_backbones["gpt2"], dropout=0.0, attn_implementation="eager")
+    backbone.model.config.reorder_and_upcast_attn = True  # eager's fp32 path, which the row block does not take
+    model = build_fpt(backbone, SPECS["one token"])
+    assert not model.body.reads_rows
+    assert model(torch.randn(2, 12, 5)).shape == (2, 1, 3)
 
 
 def test_rows_are_reset_after_a_failed_forward(tiny_backbones):
