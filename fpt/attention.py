@@ -6,6 +6,7 @@ records the weights as the model runs. Nothing is recomputed outside the model.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -28,8 +29,15 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
         if isinstance(output, tuple) and len(output) > 1 and output[1] is not None and output[1].dim() == 4:
             captured.append(output[1].float().mean(0).cpu())  # (H, T, T)
 
-    handles = [m.register_forward_hook(hook) for m in body.model.modules()
-               if type(m).__name__ == arch.attention[0]]
+    def ask_for_weights(_module, args, kwargs):
+        return args, {**kwargs, "output_attentions": True}
+
+    modules = [m for m in body.model.modules() if type(m).__name__ == arch.attention[0]]
+    handles = [m.register_forward_hook(hook) for m in modules]
+    # NOTE: MPNet's attention returns its weights only when asked (an `output_attentions` argument); the
+    # others return them under eager attention whatever is asked
+    handles += [m.register_forward_pre_hook(ask_for_weights, with_kwargs=True) for m in modules
+                if "output_attentions" in inspect.signature(type(m).forward).parameters]
     exp.model.eval()
     try:
         # every row of the last block too (fpt/readout.py would run it at the read-out rows only); and the
@@ -41,8 +49,8 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
             h.remove()
     if not captured:
         raise FPTError("no attention weights were captured (is attn_implementation 'eager'?)")
-    if len(captured) != len(handles):
-        raise FPTError(f"attention weights came from {len(captured)} of {len(handles)} attention layers")
+    if len(captured) != len(modules):
+        raise FPTError(f"attention weights came from {len(captured)} of {len(modules)} attention layers")
     return torch.stack(captured)  # (L, H, T, T)
 
 
