@@ -7,7 +7,6 @@ parameter groups that `parameter_groups` assigns by visiting modules.
 from __future__ import annotations
 
 import contextlib
-
 import math
 from dataclasses import dataclass
 

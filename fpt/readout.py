@@ -39,6 +39,11 @@ def _mask_rows(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | 
     return torch.gather(mask, 2, rows[:, None, :, None].expand(b, h, rows.shape[1], t))
 
 
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(B, N, H * d) -> (B, H, N, d)."""
+    return x.reshape(*x.shape[:2], -1, head_dim).transpose(1, 2)
+
+
 def _attention_interface(attn: nn.Module, fallback: Callable) -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -51,17 +56,14 @@ def _bert_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tens
     from transformers.models.bert.modeling_bert import eager_attention_forward
 
     attn = layer.attention.self
-    b, t, _ = hidden.shape
     x = gather_rows(hidden, rows)  # (B, K, D)
-    k = rows.shape[1]
     d = attn.attention_head_size
-    query = attn.query(x).view(b, k, -1, d).transpose(1, 2)  # (B, H, K, d)
-    key = attn.key(hidden).view(b, t, -1, d).transpose(1, 2)  # (B, H, T, d)
-    value = attn.value(hidden).view(b, t, -1, d).transpose(1, 2)
+    query = _heads(attn.query(x), d)  # (B, H, K, d)
+    key, value = _heads(attn.key(hidden), d), _heads(attn.value(hidden), d)  # (B, H, T, d)
     out, _ = _attention_interface(attn, eager_attention_forward)(
         attn, query, key, value, _mask_rows(attention_mask, rows),
         dropout=attn.dropout.p if attn.training else 0.0, scaling=attn.scaling)
-    out = layer.attention.output(out.reshape(b, k, -1), x)  # (B, K, D): dense, dropout, norm(out + x)
+    out = layer.attention.output(out.flatten(2), x)  # (B, K, D): dense, dropout, norm(out + x)
     return layer.feed_forward_chunk(out)  # (B, K, D)
 
 
@@ -88,22 +90,20 @@ def _gpt2_block_at_rows(block: nn.Module, rows: torch.Tensor, hidden: torch.Tens
     from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward
 
     attn = block.attn
-    b, t, width = hidden.shape
-    k = rows.shape[1]
+    t, width = hidden.shape[1:]
     # NOTE: c_attn ([query | key | value] in one layer) runs at every token, through the module (a LoRA
     # adapter on it takes part); only the read rows' queries are kept. Its query third at the other rows is
     # under a tenth of the block's work.
     query, key, value = attn.c_attn(block.ln_1(hidden)).split(width, dim=2)  # 3 x (B, T, D)
-    query = gather_rows(query, rows).view(b, k, -1, attn.head_dim).transpose(1, 2)  # (B, H, K, d)
-    key = key.reshape(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, d)
-    value = value.reshape(b, t, -1, attn.head_dim).transpose(1, 2)
+    query = _heads(gather_rows(query, rows), attn.head_dim)  # (B, H, K, d)
+    key, value = _heads(key, attn.head_dim), _heads(value, attn.head_dim)  # (B, H, T, d)
     # the model's causal mask; None (no padding under sdpa) leaves causality to the implementation, which
     # cannot place K queries among T keys: the rows' own mask then
     mask = _mask_rows(attention_mask, rows) if attention_mask is not None else \
         _causal_rows_mask(rows, t, attn, query.dtype)
     out, _ = _attention_interface(attn, eager_attention_forward)(
         attn, query, key, value, mask, dropout=attn.attn_dropout.p if attn.training else 0.0, scaling=attn.scaling)
-    out = attn.resid_dropout(attn.c_proj(out.reshape(b, k, width)))  # (B, K, D)
+    out = attn.resid_dropout(attn.c_proj(out.flatten(2)))  # (B, K, H, d) -> (B, K, D)
     out = out + gather_rows(hidden, rows)
     out = out + block.mlp(block.ln_2(out))
     index = rows.unsqueeze(-1).expand(-1, -1, width)
@@ -117,16 +117,13 @@ def _vit_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Tenso
     from transformers.models.vit.modeling_vit import eager_attention_forward
 
     attn = layer.attention
-    b, t, _ = hidden.shape
-    k = rows.shape[1]
     normed = layer.layernorm_before(hidden)  # (B, T, D): every token's keys and values are read
-    query = attn.q_proj(gather_rows(normed, rows)).view(b, k, -1, attn.head_dim).transpose(1, 2)  # (B, H, K, d)
-    key = attn.k_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, d)
-    value = attn.v_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    query = _heads(attn.q_proj(gather_rows(normed, rows)), attn.head_dim)  # (B, H, K, d)
+    key, value = _heads(attn.k_proj(normed), attn.head_dim), _heads(attn.v_proj(normed), attn.head_dim)
     out, _ = _attention_interface(attn, eager_attention_forward)(
         attn, query, key, value, _mask_rows(attention_mask, rows),
         dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling)
-    out = layer.dropout(attn.o_proj(out.reshape(b, k, -1))) + gather_rows(hidden, rows)  # (B, K, D)
+    out = layer.dropout(attn.o_proj(out.flatten(2))) + gather_rows(hidden, rows)  # (B, K, D)
     return layer.dropout(layer.mlp(layer.layernorm_after(out))) + out
 
 
@@ -137,20 +134,17 @@ def _mpnet_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Ten
     scores) at `rows` only: ((B, K, D),), the tuple MPNetEncoder reads. MPNet's attention is its own eager
     math (transformers routes it through no attention registry); this is that math at K queries."""
     attn = layer.attention.attn
-    b, t, _ = hidden.shape
-    k = rows.shape[1]
     d = attn.attention_head_size
     x = gather_rows(hidden, rows)  # (B, K, D)
-    query = attn.q(x).view(b, k, -1, d).transpose(1, 2)  # (B, H, K, d)
-    key = attn.k(hidden).view(b, t, -1, d).transpose(1, 2)  # (B, H, T, d)
-    value = attn.v(hidden).view(b, t, -1, d).transpose(1, 2)
+    query = _heads(attn.q(x), d)  # (B, H, K, d)
+    key, value = _heads(attn.k(hidden), d), _heads(attn.v(hidden), d)  # (B, H, T, d)
     scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(d)  # (B, H, K, T)
     if position_bias is not None:  # (B, H, T, T): the read rows' biases
         scores += _mask_rows(position_bias, rows)
     if attention_mask is not None:
         scores = scores + _mask_rows(attention_mask, rows)
     probs = attn.dropout(torch.softmax(scores, dim=-1))
-    context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(b, k, -1)  # (B, K, D)
+    context = torch.matmul(probs, value).transpose(1, 2).flatten(2)  # (B, K, D)
     out = layer.attention.LayerNorm(layer.attention.dropout(attn.o(context)) + x)
     return (layer.output(layer.intermediate(out), out),)
 
@@ -163,11 +157,10 @@ def _gemma3_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Te
 
     attn = layer.self_attn
     b, t, _ = hidden.shape
-    k = rows.shape[1]
     normed = layer.input_layernorm(hidden)  # (B, T, D): every token's keys and values are read
-    query = attn.q_norm(attn.q_proj(gather_rows(normed, rows)).view(b, k, -1, attn.head_dim).transpose(1, 2))
-    key = attn.k_norm(attn.k_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2))  # (B, Hkv, T, d)
-    value = attn.v_proj(normed).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    query = attn.q_norm(_heads(attn.q_proj(gather_rows(normed, rows)), attn.head_dim))  # (B, H, K, d)
+    key = attn.k_norm(_heads(attn.k_proj(normed), attn.head_dim))  # (B, Hkv, T, d)
+    value = _heads(attn.v_proj(normed), attn.head_dim)
     cos, sin = position_embeddings  # (B or 1, T, d): the read rows' angles for the queries, all for the keys
     cos_rows, sin_rows = (gather_rows(c.expand(b, -1, -1), rows)[:, None] for c in (cos, sin))  # (B, 1, K, d)
     query = query * cos_rows + rotate_half(query) * sin_rows
@@ -179,7 +172,7 @@ def _gemma3_block_at_rows(layer: nn.Module, rows: torch.Tensor, hidden: torch.Te
     out, _ = _attention_interface(attn, eager_attention_forward)(
         attn, query, key, value, mask, dropout=attn.attention_dropout if attn.training else 0.0,
         scaling=attn.scaling, sliding_window=attn.sliding_window)
-    out = layer.post_attention_layernorm(attn.o_proj(out.reshape(b, k, -1))) + gather_rows(hidden, rows)
+    out = layer.post_attention_layernorm(attn.o_proj(out.flatten(2))) + gather_rows(hidden, rows)
     return out + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(out)))
 
 
