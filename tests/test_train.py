@@ -164,6 +164,30 @@ def test_compile_mode_reaches_torch_compile(tiny_backbones, tmp_path, monkeypatc
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("device, mode, caches_on", [("cuda", "reduce-overhead", False), ("cuda", "max-autotune", False),
+                                                    ("cuda", "default", True), ("cuda", "max-autotune-no-cudagraphs", True),
+                                                    ("cpu", "reduce-overhead", True)])
+def test_cuda_graphs_compile_without_inductor_caches(device, mode, caches_on, monkeypatch):
+    """With CUDA graphs a step loaded from inductor's caches ran 5x slower than one compiled fresh (H100,
+    docs/performance.md): those modes on a GPU turn the caches off; every other compile keeps them."""
+    import torch
+    import torch._functorch.config
+    import torch._inductor.config
+
+    from fpt.train import compile_model
+
+    monkeypatch.setattr("fpt.train._check_cpu_compiler", lambda: None)
+    modes = []
+    model = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(model, "compile", lambda **kw: modes.append(kw.get("mode")))
+    # torch's config modules restore their own settings on leaving `patch`
+    with torch._inductor.config.patch(fx_graph_cache=True), torch._functorch.config.patch(enable_autograd_cache=True):
+        compile_model(model, mode, torch.device(device))
+        assert modes == [mode]
+        assert torch._inductor.config.fx_graph_cache is caches_on
+        assert torch._functorch.config.enable_autograd_cache is caches_on
+
+
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
     """torch.compile on the CPU writes C++: with no compiler the run stops before it starts, in one line."""
     import torch._inductor.config
