@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
-from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, keep_mask
+from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, keep_mask, random_words
 
 
 def test_keep_mask_is_bernoulli_with_the_right_rate():
@@ -14,6 +14,19 @@ def test_keep_mask_is_bernoulli_with_the_right_rate():
     # each of the four 16-bit lanes of a 64-bit draw is unbiased (a lane stuck at 0 or 1 would show)
     lanes = keep.flatten()[: 4 * 250_000].view(-1, 4).float().mean(0)
     assert torch.allclose(lanes, torch.full((4,), 0.9), atol=0.003)
+
+
+def test_random_words_follow_torchs_seed():
+    """The CPU words come from numpy's SFC64, seeded from torch's generator: torch.manual_seed repeats
+    them, each call advances torch's state, and every bit of a word is fair."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(3)
+    first, second = random_words(50_000, cpu), random_words(50_000, cpu)
+    torch.manual_seed(3)
+    assert torch.equal(random_words(50_000, cpu), first)
+    assert first.dtype == torch.int64 and not torch.equal(first, second)
+    bits = (first.unsqueeze(1) >> torch.arange(64)) & 1
+    assert torch.allclose(bits.float().mean(0), torch.full((64,), 0.5), atol=0.01)
 
 
 def test_fast_dropout_scales_and_is_identity_in_eval():
