@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
-from fpt.config import TrainConfig, save_yaml
+from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
 from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
@@ -92,16 +92,12 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     return exp
 
 
-# torch.compile modes that replay CUDA graphs
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-
-
 def compile_caches_off() -> None:
     """Turn off inductor's FX-graph and AOTAutograd caches for this process.
 
     NOTE: with CUDA graphs, a step loaded from these caches ran 5x slower than the same step compiled
     fresh: MiniLM on MNIST, bf16, torch 2.11 on an H100: 16 ms against 3.3 ms (eager: 11.8 ms). A fresh
-    compile costs 10-20 s a run (docs/performance.md, "GPU"). Process-wide: compilation is lazy, at the
+    compile costs 15-20 s a run (docs/performance.md, "GPU"). Process-wide: compilation is lazy, at the
     first step, so the setting has to outlive this call.
     """
     import torch._functorch.config
