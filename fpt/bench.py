@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from fpt.config import TrainConfig
+from fpt.config import BENCH_VARIANTS, TrainConfig
 from fpt.errors import FPTError
 from fpt.tasks import Batch
 from fpt.train import Experiment, build_experiment, loss_and_correct, train_step
@@ -123,6 +123,12 @@ class LoopFigures:
     flops_per_step: int
     achieved_tflops: float
     mfu: float  # achieved FLOP/s over the measured matmul peak of the same dtype
+    compiled: bool = False  # the step under torch.compile (`compile: true`)
+
+    @property
+    def label(self) -> str:
+        """The variant, as `--precisions` names it: fp32, bf16, bf16+compile."""
+        return self.precision + ("+compile" if self.compiled else "")
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -162,11 +168,11 @@ def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, p
     exp, _, step = build_fpt_loop(cfg)
     tokens = cfg.batch_size * exp.data.spec.seq_len
     return _measure("fpt", cfg.precision, exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
-                    evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False))
+                    evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False), compiled=cfg.compile)
 
 
 def _measure(name: str, precision: str, exp: Experiment, step, *, tokens: int, steps: int, warmup: int,
-             peak: float, evaluate) -> LoopFigures:
+             peak: float, evaluate, compiled: bool = False) -> LoopFigures:
     """Count one step's FLOPs, warm up, time `steps` steps and `evaluate`, under one peak-memory watch."""
     exp.model.train()
     with PeakMemory(exp.device) as mem:
@@ -179,7 +185,7 @@ def _measure(name: str, precision: str, exp: Experiment, step, *, tokens: int, s
         s_per_step = _time(step, steps, exp.device)
         eval_tps = evaluate()
     return LoopFigures(name, precision, 1 / s_per_step, tokens / s_per_step, eval_tps,
-                       mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak)
+                       mem.peak_bytes / 2**20, flops, flops / s_per_step / 1e12, flops / s_per_step / peak, compiled)
 
 
 def _eval_tokens_per_s(exp: Experiment, n_batches: int, *, graph: bool, batch_size: int | None = None) -> float:
@@ -370,21 +376,36 @@ def _isolated(fn, *args, **kwargs):
         return pool.submit(fn, *args, **kwargs).result()
 
 
+def parse_variant(text: str) -> tuple[str, bool]:
+    """'bf16+compile' -> ('bf16', True): a precision, and whether the step runs under torch.compile."""
+    from fpt.config import PRECISIONS
+
+    precision, plus, extra = text.partition("+")
+    if precision not in PRECISIONS or (plus and extra != "compile"):
+        raise FPTError(f"unknown bench variant {text!r}: a precision ({', '.join(PRECISIONS)}), optionally +compile")
+    return precision, bool(plus)
+
+
 def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches: int = 2,
-              precisions: tuple[str, ...] = ("fp32", "bf16"), reference: bool = True,
+              precisions: tuple[str, ...] = BENCH_VARIANTS, reference: bool = True,
               log=print) -> dict:
-    """Every figure of `fpt bench` for one (task, backbone, batch, sequence length), as a dict."""
+    """Every figure of `fpt bench` for one (task, backbone, batch, sequence length), as a dict.
+
+    `precisions` are variants of fpt's loop (`parse_variant`); `compile: true` in `cfg` compiles them all.
+    """
     from fpt.utils import device_name, pick_device
 
+    variants = [parse_variant(v) for v in precisions]  # every name checked before anything runs
     device = pick_device(cfg.device)
     torch.manual_seed(0)
     peaks = {p: matmul_peak_flops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
     log(f"device: {device_name(device)}; dense matmul peak fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s (measured now)")
     loops = []
-    for precision in precisions:
-        fig = _isolated(bench_fpt, dataclasses.replace(cfg, precision=precision), steps=steps, warmup=warmup,
-                        eval_batches=eval_batches, peak=peaks[precision])
+    for precision, compiled in variants:
+        variant = dataclasses.replace(cfg, precision=precision, compile=cfg.compile or compiled)
+        fig = _isolated(bench_fpt, variant, steps=steps, warmup=warmup, eval_batches=eval_batches,
+                        peak=peaks[precision])
         loops.append(fig)
         log(_line(fig))
     if reference:
@@ -398,9 +419,9 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
            "loops": [f.row() for f in loops]}
     if reference:
         ref = loops[-1]
-        out["speedup_train"] = {f.precision: round(f.train_tokens_per_s / ref.train_tokens_per_s, 2)
+        out["speedup_train"] = {f.label: round(f.train_tokens_per_s / ref.train_tokens_per_s, 2)
                                 for f in loops[:-1]}
-        out["speedup_eval"] = {f.precision: round(f.eval_tokens_per_s / ref.eval_tokens_per_s, 2)
+        out["speedup_eval"] = {f.label: round(f.eval_tokens_per_s / ref.eval_tokens_per_s, 2)
                                for f in loops[:-1]}
         for p, r in out["speedup_train"].items():
             log(f"speedup over the reference loop ({p}): training {r:.2f}x, evaluation {out['speedup_eval'][p]:.2f}x")
@@ -414,7 +435,7 @@ def build_experiment_spec(cfg: TrainConfig):
 
 
 def _line(f: LoopFigures) -> str:
-    return (f"{f.name:<9} {f.precision:<4}  train {f.train_steps_per_s:7.2f} steps/s {f.train_tokens_per_s:10,.0f} tok/s  "
+    return (f"{f.name:<9} {f.label:<12}  train {f.train_steps_per_s:7.2f} steps/s {f.train_tokens_per_s:10,.0f} tok/s  "
             f"eval {f.eval_tokens_per_s:10,.0f} tok/s  peak {f.peak_memory_mb:8,.0f} MB  "
             f"{f.flops_per_step / 1e9:8.1f} GFLOP/step  {f.achieved_tflops:.3f} TFLOP/s  MFU {f.mfu:6.1%}")
 

@@ -19,6 +19,9 @@ import yaml
 from fpt.errors import FPTError
 
 PRECISIONS = ("fp32", "bf16")
+# `fpt bench`'s default rows: fpt's loop as `fpt train` runs it, in both precisions, and bf16 under
+# `compile: true` (docs/performance.md: on the 2-core CPU the compiled step is the fastest)
+BENCH_VARIANTS = ("fp32", "bf16", "bf16+compile")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # those of COMPILE_MODES that replay CUDA graphs

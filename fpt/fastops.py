@@ -5,8 +5,10 @@ On the CPU the random generator, not the arithmetic, is what dropout costs: a Mi
 (eager attention, bf16) takes 172 ms without dropout and about 250 ms with torch's dropout at 0.1,
 most of the difference in drawing one random number per element (docs/performance.md).
 `fast_dropout` draws the same distribution (each element kept with probability 1 - p, scaled by
-1 / (1 - p)) from 16 random bits per element: results stay seeded and repeatable, and differ from
-`nn.Dropout`'s only as two seeds differ.
+1 / (1 - p)) from a counter-based hash of (seed, element index), one seed per call from torch's
+generator: on the CPU one pass of C (fpt/csrc/hash_dropout.c) that draws, masks and scales, and a
+backward that recomputes the mask rather than storing it. Results stay seeded and repeatable, and
+differ from `nn.Dropout`'s only as two seeds differ.
 
 `cpu_attention` is the attention of BERT, ViT, GPT-2 and Gemma 3 (`attn_implementation: auto` on the CPU): the
 eager math with the scores kept in their own dtype (no fp32 round trip of the (B, H, T, T) matrix
@@ -23,57 +25,101 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fpt import native
+
 FPT_CPU = "fpt_cpu"  # the attention implementation name registered with transformers (`cpu_attention`)
 
 
-def random_words(count: int, device: torch.device) -> torch.Tensor:
-    """`count` uniform random int64 words, decided by torch's generator (`torch.manual_seed`).
+# SplitMix64's constants as int64 (torch has no uint64 arithmetic): the hash of fpt/csrc/hash_dropout.c
+_GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
-    On the CPU they come from numpy's SFC64, seeded by one draw from torch's generator: 1.8 ns a word
-    on the 2-core CPU against 4.3 ns for torch's own CPU generator (mt19937). Seeding from torch keeps
-    torch's state the one thing that decides the masks, so seeds, checkpoints and the ranks' dropout
-    streams (fpt/distributed.py) work unchanged.
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 words (torch's `>>` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def drop_threshold(p: float) -> int:
+    """An element is dropped when its 32 random bits are below this: probability p to within 2^-32."""
+    return min(round(p * 2**32), 2**32 - 1)
+
+
+def hash_keep_mask(shape: torch.Size, seed: int, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Which elements hash dropout keeps: element i (row-major) iff the high 32 bits of SplitMix64's
+    output function at seed + i * golden are >= `drop_threshold(p)`.
+
+    The torch form of fpt/csrc/hash_dropout.c: its fallback (no compiler, other dtypes and devices),
+    and the reference its tests compare against bit for bit.
     """
-    if device.type != "cpu":
-        return torch.empty(count, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
-    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-    return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
+    seed %= 2**64
+    seed -= 2**64 if seed >= 2**63 else 0  # the same 64 bits as an int64
+    z = torch.arange(math.prod(shape), dtype=torch.int64, device=device) * _GOLDEN + seed
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return _shr(z ^ _shr(z, 31), 32).view(shape) >= drop_threshold(p)
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bernoulli(1 - p) booleans from 16 random bits each, four per 64-bit draw.
-
-    A CPU `torch.rand` costs one generator call per element; this takes one per four. p is rounded
-    to a multiple of 1/65536 (0.1 -> 0.100006).
-    """
-    n = math.prod(shape)
-    words = random_words((n + 3) // 4, device)
-    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    return lanes >= -32768 + round(p * 65536)
+# NOTE: opaque to torch.compile, and tagged seeded: the compiled graph keeps one draw per dropout, in
+# eager's order, and never re-runs it to save memory (the backward reads the seed the forward drew).
+@torch.library.custom_op("fpt::dropout_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def dropout_seed(like: torch.Tensor) -> torch.Tensor:
+    """One 63-bit draw from torch's CPU generator, a 0-d int64 tensor: `torch.manual_seed`, checkpoints
+    and the ranks' dropout streams (fpt/distributed.py) decide every mask. `like` is the tensor dropped."""
+    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
 
 
-# NOTE: an opaque op for torch.compile, which cannot trace `random_` and would break the graph at every
-# dropout (a dozen small graphs per step); opaque, the mask's consumers still fuse around it.
-@torch.library.custom_op("fpt::keep_mask_like", mutates_args=())
-def keep_mask_like(like: torch.Tensor, p: float) -> torch.Tensor:
-    """`keep_mask` of `like`'s shape, on its device."""
-    return keep_mask(like.shape, p, like.device)
+@dropout_seed.register_fake
+def _(like: torch.Tensor) -> torch.Tensor:
+    return torch.empty((), dtype=torch.int64)
 
 
-@keep_mask_like.register_fake
-def _(like: torch.Tensor, p: float) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=torch.bool, device=like.device)
+@torch.library.custom_op("fpt::hash_dropout", mutates_args=())
+def hash_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    """`torch.where(hash_keep_mask(x.shape, seed, p), x * scale, 0)`, contiguous; on the CPU in fp32 and
+    bf16 one pass of fpt/csrc/hash_dropout.c, elsewhere the torch form. Its own backward: the same
+    mask, recomputed from the seed, on the gradient."""
+    s = int(seed) % 2**64
+    lib = native.hash_dropout_lib() if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
+    if lib is None:
+        return torch.where(hash_keep_mask(x.shape, s, p, x.device), x * scale, 0.0).contiguous()
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    kernel = lib.fpt_hash_dropout_bf16 if x.dtype == torch.bfloat16 else lib.fpt_hash_dropout_f32
+    kernel(x.data_ptr(), out.data_ptr(), x.numel(), s, drop_threshold(p), scale, torch.get_num_threads())
+    return out
+
+
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@hash_dropout.register_fake
+def _(x: torch.Tensor, seed: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _hash_dropout_context(ctx, inputs, output) -> None:
+    _, seed, ctx.p, ctx.scale = inputs
+    ctx.save_for_backward(seed)
+
+
+def _hash_dropout_backward(ctx, grad: torch.Tensor):
+    (seed,) = ctx.saved_tensors
+    return hash_dropout(grad, seed, ctx.p, ctx.scale), None, None, None
+
+
+hash_dropout.register_autograd(_hash_dropout_backward, setup_context=_hash_dropout_context)
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
-    return torch.where(keep_mask_like(x, p), x * (1.0 / (1.0 - p)), 0.0)
+    if p >= 1.0:
+        return x * 0.0
+    return hash_dropout(x, dropout_seed(x), p, 1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
@@ -176,7 +222,7 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     # two of the backward); at 1024 tokens those casts were a third of the step.
     weights = F.softmax(weights, dim=-1)
     if dropout > 0.0:
-        kept = torch.where(keep_mask_like(weights, dropout), weights, 0.0)
+        kept = hash_dropout(weights, dropout_seed(weights), dropout, 1.0)
         out = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
     else:
         out = torch.matmul(weights, value)  # (B, H, T, d)

@@ -14,6 +14,12 @@ import torch
 from fpt.errors import FPTError
 
 
+def cache_root() -> Path:
+    """$FPT_CACHE, default ~/.cache/fpt: prepared backbones (fpt/backbones/cache.py), built CPU kernels
+    (fpt/native.py)."""
+    return Path(os.environ.get("FPT_CACHE") or Path.home() / ".cache" / "fpt")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

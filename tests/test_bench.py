@@ -80,10 +80,21 @@ def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path,
     out = tmp_path / "bench.json"
     printed, result = _bench_command(tiny_backbones["gpt2"], out, capsys,
                                      "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1")
-    assert [loop["name"] for loop in result["loops"]] == ["fpt", "fpt", "reference"]
-    assert set(result["speedup_train"]) == {"fp32", "bf16"}
-    assert "speedup over the reference loop" in printed
+    assert [(loop["name"], loop["compiled"]) for loop in result["loops"]] == [
+        ("fpt", False), ("fpt", False), ("fpt", True), ("reference", False)]
+    assert list(result["speedup_train"]) == ["fp32", "bf16", "bf16+compile"]
+    assert "speedup over the reference loop (bf16+compile)" in printed
     assert json.loads(out.read_text()) == result
+
+
+@pytest.mark.parametrize("variant", ["bf17", "bf16+jit", "+compile"])
+def test_unknown_bench_variant_is_one_line_before_anything_runs(tiny_backbones, tmp_path, capsys, variant):
+    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
+                 "--precisions", f"fp32,{variant}", "--out", str(tmp_path / "b.json")])
+    printed = capsys.readouterr()
+    assert code != 0 and f"unknown bench variant {variant!r}" in printed.err
+    assert "device:" not in printed.out  # refused before the peak is timed
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_scaling_grid(tiny_backbones, tmp_path):

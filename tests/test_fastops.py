@@ -3,30 +3,90 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
-from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, keep_mask, random_words
+from fpt import native
+from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
 
 
-def test_keep_mask_is_bernoulli_with_the_right_rate():
-    torch.manual_seed(0)
-    keep = keep_mask(torch.Size((1000, 1001)), 0.1, torch.device("cpu"))  # odd size: lanes of a partial word
+def test_hash_keep_mask_is_bernoulli_with_independent_neighbours():
+    keep = hash_keep_mask(torch.Size((1000, 1001)), seed=7, p=0.1)
     assert keep.shape == (1000, 1001) and keep.dtype == torch.bool
-    assert keep.float().mean().item() == pytest.approx(0.9, abs=0.002)
-    # each of the four 16-bit lanes of a 64-bit draw is unbiased (a lane stuck at 0 or 1 would show)
-    lanes = keep.flatten()[: 4 * 250_000].view(-1, 4).float().mean(0)
-    assert torch.allclose(lanes, torch.full((4,), 0.9), atol=0.003)
+    flat = keep.flatten().float()
+    assert flat.mean().item() == pytest.approx(0.9, abs=0.002)
+    # neighbours (consecutive counters) and a row apart are independent: joint rate (1 - p)^2
+    for gap in (1, 1001):
+        assert (flat[:-gap] * flat[gap:]).mean().item() == pytest.approx(0.81, abs=0.003)
+    # nearby seeds give unrelated masks, not shifted copies
+    other = hash_keep_mask(torch.Size((1000, 1001)), seed=8, p=0.1).flatten().float()
+    assert (flat * other).mean().item() == pytest.approx(0.81, abs=0.003)
+    assert torch.equal(hash_keep_mask(torch.Size((99,)), -1, 0.5), hash_keep_mask(torch.Size((99,)), 2**64 - 1, 0.5))
+    assert hash_keep_mask(torch.Size((50,)), seed=7, p=0.0).all() and not hash_keep_mask(torch.Size((50,)), 7, 1.0).any()
 
 
-def test_random_words_follow_torchs_seed():
-    """The CPU words come from numpy's SFC64, seeded from torch's generator: torch.manual_seed repeats
-    them, each call advances torch's state, and every bit of a word is fair."""
-    cpu = torch.device("cpu")
+@pytest.fixture(params=["native", "torch"])
+def dropout_impl(request, monkeypatch):
+    """fpt's CPU dropout both ways: the built C kernel, and the torch form it falls back to."""
+    if request.param == "native":
+        assert native.hash_dropout_lib() is not None, "the C kernel did not build (is there a C compiler?)"
+    else:
+        monkeypatch.setattr(native, "hash_dropout_lib", lambda: None)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 1 / 0.9])
+@pytest.mark.parametrize("shape", [(7,), (3, 12, 64, 64), (5, 3)])
+def test_hash_dropout_is_its_torch_reference(dropout_impl, dtype, scale, shape):
+    """Bit for bit `torch.where(hash_keep_mask, x * scale, 0)`, the C kernel as much as the torch form:
+    odd sizes, and sizes below and above the kernel's threshold for a second thread."""
+    x = torch.randn(shape).to(dtype)
+    for seed in (0, 123456789123, 2**63 - 2):
+        assert torch.equal(hash_dropout(x, torch.tensor(seed), 0.1, scale),
+                           torch.where(hash_keep_mask(x.shape, seed, 0.1), x * scale, 0.0))
+
+
+def test_hash_dropout_reads_any_layout(dropout_impl):
+    x = torch.randn(4, 5, 6).transpose(0, 2)  # not contiguous: elements in row-major order of the view
+    out = hash_dropout(x, torch.tensor(5), 0.3, 2.0)
+    assert out.is_contiguous() and torch.equal(out, torch.where(hash_keep_mask(x.shape, 5, 0.3), x * 2.0, 0.0))
+
+
+def test_dropout_follows_torchs_seed(dropout_impl):
+    """torch.manual_seed repeats the masks, each call draws a new one, and the backward drops the same
+    elements as the forward (the mask recomputed from the seed the forward drew)."""
+    x = torch.ones(50_000, requires_grad=True)
     torch.manual_seed(3)
-    first, second = random_words(50_000, cpu), random_words(50_000, cpu)
+    first, second = fast_dropout(x, 0.1, True), fast_dropout(x, 0.1, True)
     torch.manual_seed(3)
-    assert torch.equal(random_words(50_000, cpu), first)
-    assert first.dtype == torch.int64 and not torch.equal(first, second)
-    bits = (first.unsqueeze(1) >> torch.arange(64)) & 1
-    assert torch.allclose(bits.float().mean(0), torch.full((64,), 0.5), atol=0.01)
+    again = fast_dropout(x, 0.1, True)
+    assert torch.equal(again, first) and not torch.equal(first, second)
+    again.backward(torch.full_like(x, 2.0))
+    assert torch.equal(x.grad, again.detach() * 2.0)
+
+
+def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("FPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-fpt")
+    native.hash_dropout_lib.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no-such-compiler-fpt.*not found"):
+            assert native.hash_dropout_lib() is None
+        x = torch.randn(1000)
+        assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
+                           torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
+        monkeypatch.setenv("FPT_NATIVE", "0")
+        native.hash_dropout_lib.cache_clear()
+        assert native.hash_dropout_lib() is None  # turned off: no build tried, no warning
+    finally:
+        native.hash_dropout_lib.cache_clear()
+
+
+def test_kernel_build_is_cached_and_atomic(monkeypatch, tmp_path):
+    monkeypatch.setenv("FPT_CACHE", str(tmp_path))
+    first = native.build("hash_dropout")
+    assert first.parent == tmp_path / "native" and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert native.build("hash_dropout") == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial files left beside it
 
 
 def test_fast_dropout_scales_and_is_identity_in_eval():

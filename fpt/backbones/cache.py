@@ -1,16 +1,16 @@
 """Where prepared backbone weights live: outside the repo, in $FPT_CACHE (default ~/.cache/fpt)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from fpt.utils import cache_root
+
 
 def cache_dir(name: str) -> Path:
     """The folder of one prepared backbone (a Hugging Face checkpoint folder once ready)."""
-    root = Path(os.environ.get("FPT_CACHE") or Path.home() / ".cache" / "fpt")
-    return root / "backbones" / name
+    return cache_root() / "backbones" / name
 
 
 def is_ready(folder: Path) -> bool:

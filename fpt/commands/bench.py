@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fpt.commands.train import add_config_flags, config_from_args
+from fpt.config import BENCH_VARIANTS
 
 
 def _ints(text: str) -> list[int]:
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--bench-steps", type=int, default=5, help="timed training steps per loop (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--eval-batches", type=int, default=2, help="evaluation batches timed")
-    p.add_argument("--precisions", default="fp32,bf16", help="fpt loop precisions to time")
+    p.add_argument("--precisions", default=",".join(BENCH_VARIANTS),
+                   help="variants of fpt's loop to time: a precision, optionally +compile (torch.compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     p.add_argument("--scaling", metavar="SEQ_LENS", help="instead: fpt's step over synthetic inputs of these "
                    "lengths (e.g. 64,256,1024) x --scaling-batches")

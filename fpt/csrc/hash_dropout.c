@@ -1,0 +1,54 @@
+/* Dropout in one pass over the tensor, for the CPU (built by fpt/native.py, called by fpt/fastops.py).
+
+   Element i of a tensor is kept iff bits(seed, i) >= thr: bits is the high 32 bits of SplitMix64's
+   output function at seed + i * golden, a counter-based generator. Any element's bits follow from
+   its index alone, so the backward recomputes the mask instead of storing it, and the threads split
+   the work with no generator state to share. fastops.hash_keep_mask is the same function in torch:
+   the fallback, and the reference the tests compare this file against bit for bit.
+
+   Kept elements are x * scale rounded as torch rounds (fp32: one multiply; bf16: multiply in fp32,
+   round to nearest even), dropped ones +0: torch.where(keep, x * scale, 0) exactly. */
+#include <stdint.h>
+
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+#define MIN_PARALLEL 32768 /* elements; below this a second thread costs more than it saves */
+
+static inline uint32_t bits(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + i * GOLDEN;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+static inline float from_bf16(uint16_t b) {
+    union { uint32_t u; float f; } v = { (uint32_t)b << 16 };
+    return v.f;
+}
+
+/* Round to nearest even. A NaN stays a NaN: x * scale of a bf16 NaN keeps its high mantissa bits. */
+static inline uint16_t to_bf16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+int fpt_hash_dropout_abi(void) { return 1; }
+
+void fpt_hash_dropout_f32(const float *restrict x, float *restrict out, int64_t n, uint64_t seed,
+                          uint32_t thr, float scale, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = bits(seed, (uint64_t)i) >= thr ? x[i] * scale : 0.0f;
+}
+
+void fpt_hash_dropout_bf16(const uint16_t *restrict x, uint16_t *restrict out, int64_t n, uint64_t seed,
+                           uint32_t thr, float scale, int threads) {
+    if (scale == 1.0f) { /* attention's dropout: the scale goes on the output, not on the scores */
+        #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = bits(seed, (uint64_t)i) >= thr ? x[i] : 0;
+    } else {
+        #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = bits(seed, (uint64_t)i) >= thr ? to_bf16(from_bf16(x[i]) * scale) : 0;
+    }
+}

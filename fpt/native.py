@@ -1,0 +1,99 @@
+"""fpt's C kernels for the CPU (fpt/csrc/*.c), built on first use with the system's C compiler and
+loaded with ctypes.
+
+Why C and not a torch C++ extension: an extension includes torch's headers (a minute per build, and
+ninja); these kernels need only <stdint.h> and build in under a second. They work on raw pointers;
+fastops checks dtype and contiguity before calling them, and ctypes releases the GIL during a call.
+
+A build is cached in $FPT_CACHE/native (default ~/.cache/fpt/native), under a name hashed from the
+source, the compiler command and this CPU's flags: `-march=native` code built on one node of a
+cluster must not load on another. `FPT_NATIVE=0` turns the kernels off. Without a compiler, or when
+the build fails, `hash_dropout_lib()` returns None and fastops computes the same results in torch,
+slower, after one warning that names the cause.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+from fpt.utils import cache_root
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+CFLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
+# torch's wheel ships libgomp.so.1 and loads it first, so the kernels' OpenMP shares torch's thread pool
+OPENMP = ["-fopenmp"]
+
+
+def enabled() -> bool:
+    return os.environ.get("FPT_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build(name: str) -> Path:
+    """Compile fpt/csrc/NAME.c into the cache (once per source, compiler and CPU); the .so's path.
+
+    Raises RuntimeError with the compiler's first error line when no compiler works.
+    """
+    source = SOURCE_DIR / f"{name}.c"
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ({compiler!r} not found; set CC)")
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), " ".join(CFLAGS).encode(),
+                                     platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    target = cache_root() / "native" / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for extra in (OPENMP, []):  # a compiler without OpenMP (Apple clang) still builds it, one thread
+        # build beside the target and rename: a concurrent rank never loads a half-written file
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        try:
+            done = subprocess.run([compiler, *CFLAGS, *extra, str(source), "-o", str(partial)],
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return target
+            last_error = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr.strip()[:200])
+        finally:
+            partial.unlink(missing_ok=True)
+    raise RuntimeError(f"{compiler} could not build {source.name}: {last_error}")
+
+
+_F = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int
+
+
+@functools.cache
+def hash_dropout_lib() -> ctypes.CDLL | None:
+    """The hash-dropout kernels (fpt/csrc/hash_dropout.c), or None (turned off, or no build: warned once)."""
+    if not enabled():
+        return None
+    try:
+        lib = ctypes.CDLL(str(build("hash_dropout")))
+        if lib.fpt_hash_dropout_abi() != 1:
+            raise RuntimeError("stale build (ABI mismatch)")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        warnings.warn(f"fpt: CPU dropout kernel unavailable, using the torch fallback (same masks, slower): {e}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    for fn in (lib.fpt_hash_dropout_f32, lib.fpt_hash_dropout_bf16):
+        fn.argtypes, fn.restype = _F, None
+    return lib
