@@ -83,7 +83,7 @@ def hash_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, scale: float) ->
     bf16 one pass of fpt/csrc/hash_dropout.c, elsewhere the torch form. Its own backward: the same
     mask, recomputed from the seed, on the gradient."""
     s = int(seed) % 2**64
-    lib = native.hash_dropout_lib() if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
+    lib = native.kernels("hash_dropout") if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
     if lib is None:
         return torch.where(hash_keep_mask(x.shape, s, p, x.device), x * scale, 0.0).contiguous()
     x = x.contiguous()

@@ -8,8 +8,8 @@ fastops checks dtype and contiguity before calling them, and ctypes releases the
 A build is cached in $FPT_CACHE/native (default ~/.cache/fpt/native), under a name hashed from the
 source, the compiler command and this CPU's flags: `-march=native` code built on one node of a
 cluster must not load on another. `FPT_NATIVE=0` turns the kernels off. Without a compiler, or when
-the build fails, `hash_dropout_lib()` returns None and fastops computes the same results in torch,
-slower, after one warning that names the cause.
+the build fails, `kernels(name)` returns None and fastops computes the same results in torch, slower,
+after one warning that names the cause.
 """
 from __future__ import annotations
 
@@ -78,22 +78,29 @@ def build(name: str) -> Path:
     raise RuntimeError(f"{compiler} could not build {source.name}: {last_error}")
 
 
-_F = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_DROPOUT = _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
+# each kernel file: its functions' argument types (all return void), and the ABI version it must report
+KERNELS = {
+    "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT}, 1),
+}
 
 
 @functools.cache
-def hash_dropout_lib() -> ctypes.CDLL | None:
-    """The hash-dropout kernels (fpt/csrc/hash_dropout.c), or None (turned off, or no build: warned once)."""
+def kernels(name: str) -> ctypes.CDLL | None:
+    """fpt/csrc/NAME.c built and loaded, or None (turned off, or no build: warned once per file)."""
     if not enabled():
         return None
+    functions, abi = KERNELS[name]
     try:
-        lib = ctypes.CDLL(str(build("hash_dropout")))
-        if lib.fpt_hash_dropout_abi() != 1:
+        lib = ctypes.CDLL(str(build(name)))
+        if getattr(lib, f"fpt_{name}_abi")() != abi:
             raise RuntimeError("stale build (ABI mismatch)")
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        warnings.warn(f"fpt: CPU dropout kernel unavailable, using the torch fallback (same masks, slower): {e}",
+        warnings.warn(f"fpt: CPU kernel {name!r} unavailable, using torch instead (same results, slower): {e}",
                       RuntimeWarning, stacklevel=2)
         return None
-    for fn in (lib.fpt_hash_dropout_f32, lib.fpt_hash_dropout_bf16):
-        fn.argtypes, fn.restype = _F, None
+    for fn_name, argtypes in functions.items():
+        fn = getattr(lib, fn_name)
+        fn.argtypes, fn.restype = argtypes, None
     return lib

@@ -26,9 +26,9 @@ def test_hash_keep_mask_is_bernoulli_with_independent_neighbours():
 def dropout_impl(request, monkeypatch):
     """fpt's CPU dropout both ways: the built C kernel, and the torch form it falls back to."""
     if request.param == "native":
-        assert native.hash_dropout_lib() is not None, "the C kernel did not build (is there a C compiler?)"
+        assert native.kernels("hash_dropout") is not None, "the C kernel did not build (is there a C compiler?)"
     else:
-        monkeypatch.setattr(native, "hash_dropout_lib", lambda: None)
+        monkeypatch.setattr(native, "kernels", lambda name: None)
     return request.param
 
 
@@ -66,18 +66,18 @@ def test_dropout_follows_torchs_seed(dropout_impl):
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("FPT_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler-fpt")
-    native.hash_dropout_lib.cache_clear()
+    native.kernels.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no-such-compiler-fpt.*not found"):
-            assert native.hash_dropout_lib() is None
+            assert native.kernels("hash_dropout") is None
         x = torch.randn(1000)
         assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
                            torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
         monkeypatch.setenv("FPT_NATIVE", "0")
-        native.hash_dropout_lib.cache_clear()
-        assert native.hash_dropout_lib() is None  # turned off: no build tried, no warning
+        native.kernels.cache_clear()
+        assert native.kernels("hash_dropout") is None  # turned off: no build tried, no warning
     finally:
-        native.hash_dropout_lib.cache_clear()
+        native.kernels.cache_clear()
 
 
 def test_kernel_build_is_cached_and_atomic(monkeypatch, tmp_path):
