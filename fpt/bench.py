@@ -397,6 +397,14 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
 
     variants = [parse_variant(v) for v in precisions]  # every name checked before anything runs
     device = pick_device(cfg.device)
+    if device.type == "cpu" and (cfg.compile or any(compiled for _, compiled in variants)):
+        from fpt.train import missing_cpu_compiler
+
+        if (missing := missing_cpu_compiler()) is not None:
+            if cfg.compile or tuple(precisions) != BENCH_VARIANTS:  # asked for by name: an error, before any loop
+                raise FPTError(f"{missing}: install one (apt install g++) or drop --compile and +compile")
+            log(f"skipping the +compile rows: {missing}")  # the default rows run without one
+            variants = [v for v in variants if not v[1]]
     torch.manual_seed(0)
     peaks = {p: matmul_peak_flops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
     log(f"device: {device_name(device)}; dense matmul peak fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "

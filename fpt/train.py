@@ -116,15 +116,23 @@ def compile_model(model: torch.nn.Module, mode: str, device: torch.device) -> No
     model.compile(mode=mode)
 
 
-def _check_cpu_compiler() -> None:
-    """torch.compile writes C++ kernels on the CPU: say so now, not in a traceback at the first step."""
+def missing_cpu_compiler() -> str | None:
+    """Why torch.compile cannot build C++ kernels on this CPU (no compiler found), or None."""
     from torch._inductor.cpp_builder import get_cpp_compiler
 
     try:
         get_cpp_compiler()
     except Exception as e:  # inductor's InvalidCxxCompiler, or anything else its search raises
-        raise FPTError(f"--compile on the CPU needs a C++ compiler (g++ or clang++, or one named by CXX), "
-                       f"and none was found ({type(e).__name__}): install one (apt install g++) or drop --compile")
+        return (f"--compile on the CPU needs a C++ compiler (g++ or clang++, or one named by CXX), "
+                f"and none was found ({type(e).__name__})")
+    return None
+
+
+def _check_cpu_compiler() -> None:
+    """torch.compile writes C++ kernels on the CPU: say so now, not in a traceback at the first step."""
+    missing = missing_cpu_compiler()
+    if missing:
+        raise FPTError(f"{missing}: install one (apt install g++) or drop --compile")
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

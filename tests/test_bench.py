@@ -87,6 +87,24 @@ def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path,
     assert json.loads(out.read_text()) == result
 
 
+def test_default_bench_skips_the_compiled_row_without_a_cpp_compiler(tiny_backbones, tmp_path, capsys, monkeypatch):
+    """A CPU without a C++ compiler still runs the default bench (no compiled row, and says why);
+    `--precisions bf16+compile` asked for by name is a one-line error there."""
+    from torch._inductor import cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    printed, result = _bench_command(tiny_backbones["gpt2"], tmp_path / "b.json", capsys, "--no-reference",
+                                     "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1")
+    assert [loop["compiled"] for loop in result["loops"]] == [False, False]
+    assert "skipping the +compile rows: --compile on the CPU needs a C++ compiler" in printed
+    code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
+                 "--precisions", "bf16+compile", "--no-reference", "--bench-steps", "1", "--warmup", "0"])
+    assert code != 0 and "needs a C++ compiler" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("variant", ["bf17", "bf16+jit", "+compile"])
 def test_unknown_bench_variant_is_one_line_before_anything_runs(tiny_backbones, tmp_path, capsys, variant):
     code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
