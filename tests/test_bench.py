@@ -76,6 +76,7 @@ def _bench_command(backbone, out, capsys, *flags) -> tuple[str, dict]:
     return printed, json.loads(printed.strip().splitlines()[-1])
 
 
+@pytest.mark.cpp_compiler
 def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path, capsys):
     out = tmp_path / "bench.json"
     printed, result = _bench_command(tiny_backbones["gpt2"], out, capsys,

@@ -124,6 +124,7 @@ def test_bf16_stores_the_frozen_body_in_bf16_and_still_learns(tiny_backbones, tm
     assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
 
 
+@pytest.mark.cpp_compiler
 def test_compile_option_matches_eager(tiny_backbones, tmp_path):
     """`compile: true` compiles the model in place: same losses (to float tolerance), same checkpoint names,
     and fpt's CPU dropout (hidden and attention) traced whole, not a graph break at every dropout."""
@@ -143,6 +144,7 @@ def test_compile_option_matches_eager(tiny_backbones, tmp_path):
     assert results[True]["test_loss"] == pytest.approx(results[False]["test_loss"], rel=1e-4)
 
 
+@pytest.mark.cpp_compiler
 def test_compile_mode_reaches_torch_compile(tiny_backbones, tmp_path, monkeypatch):
     """`compile_mode` is torch.compile's `mode` (reduce-overhead: CUDA graphs on a GPU); a mode torch does
     not have, or a mode without `compile: true`, is a one-line error before anything is built."""
@@ -188,17 +190,21 @@ def test_cuda_graphs_compile_without_inductor_caches(device, mode, caches_on, mo
         assert torch._functorch.config.enable_autograd_cache is caches_on
 
 
-def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_backbones, tmp_path, monkeypatch):
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tiny_backbones, tmp_path):
     """torch.compile on the CPU writes C++: with no compiler the run stops before it starts, in one line."""
     import torch._inductor.config
 
     from fpt.cli import main
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("fpt-no-such-compiler++",))
-    with pytest.raises(FPTError, match="needs a C.. compiler"):
-        train(_cfg(tiny_backbones["bert"], tmp_path, compile=True), progress=False)
-    assert main(["train", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--compile", "true",
-                 "--steps", "2", "--run-dir", str(tmp_path / "cli")]) != 0
+    # NOTE: torch's own `patch`, not monkeypatch: monkeypatch reads a config class's __dict__, finds no
+    # `cxx` there, and on undo deletes the setting for every later test in the process
+    compilers = torch._inductor.config.cpp.cxx
+    with torch._inductor.config.patch({"cpp.cxx": ("fpt-no-such-compiler++",)}):
+        with pytest.raises(FPTError, match="needs a C.. compiler"):
+            train(_cfg(tiny_backbones["bert"], tmp_path, compile=True), progress=False)
+        assert main(["train", "--task", "bit-xor", "--backbone", tiny_backbones["bert"], "--compile", "true",
+                     "--steps", "2", "--run-dir", str(tmp_path / "cli")]) != 0
+    assert torch._inductor.config.cpp.cxx == compilers
 
 
 def test_lr_schedules():
