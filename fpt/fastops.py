@@ -34,6 +34,7 @@ from fpt import native
 FPT_CPU = "fpt_cpu"  # the attention implementation name registered with transformers (`cpu_attention`)
 
 
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)  # what fpt/csrc/hash_dropout.c reads and writes
 # SplitMix64's constants as int64 (torch has no uint64 arithmetic): the hash of fpt/csrc/hash_dropout.c
 _GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
@@ -91,9 +92,6 @@ def hash_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, scale: float) ->
     kernel = lib.fpt_hash_dropout_bf16 if x.dtype == torch.bfloat16 else lib.fpt_hash_dropout_f32
     kernel(x.data_ptr(), out.data_ptr(), x.numel(), s, drop_threshold(p), scale, torch.get_num_threads())
     return out
-
-
-_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @hash_dropout.register_fake
