@@ -23,6 +23,7 @@ function in one kernel, in the input's dtype.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -64,13 +65,47 @@ def hash_keep_mask(shape: torch.Size, seed: int, p: float, device: torch.device 
     return _shr(z ^ _shr(z, 31), 32).view(shape) >= drop_threshold(p)
 
 
-# NOTE: opaque to torch.compile, and tagged seeded: the compiled graph keeps one draw per dropout, in
-# eager's order, and never re-runs it to save memory (the backward reads the seed the forward drew).
+def _dropout_forward(x: torch.Tensor, seed: int, p: float, scale: float) -> torch.Tensor:
+    """`torch.where(hash_keep_mask(x.shape, seed, p), x * scale, 0)`, contiguous; on the CPU in fp32 and
+    bf16 one pass of fpt/csrc/hash_dropout.c, elsewhere the torch form."""
+    lib = native.kernels("hash_dropout") if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
+    if lib is None:
+        return torch.where(hash_keep_mask(x.shape, seed, p, x.device), x * scale, 0.0).contiguous()
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype)
+    kernel = lib.fpt_hash_dropout_bf16 if x.dtype == torch.bfloat16 else lib.fpt_hash_dropout_f32
+    kernel(x.data_ptr(), out.data_ptr(), x.numel(), seed % 2**64, drop_threshold(p), scale, torch.get_num_threads())
+    return out
+
+
+def _draw_seed() -> int:
+    """One 63-bit draw from torch's CPU generator: `torch.manual_seed`, checkpoints and the ranks'
+    dropout streams (fpt/distributed.py) decide every mask."""
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+
+
+class _HashDropout(torch.autograd.Function):
+    """Eager autograd for hash dropout without a custom op's dispatch (most of a small op's cost: forward
+    and backward of a 64-element tensor took 170 us through the ops, 40 us for torch's own dropout). Its
+    backward: the same mask, recomputed from the seed, on the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, seed: int, p: float, scale: float):
+        ctx.args = (seed, p, scale)
+        return _dropout_forward(x, seed, p, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _dropout_forward(grad, *ctx.args), None, None, None
+
+
+# The same for torch.compile: opaque ops that trace without a graph break. The seed's op is tagged
+# seeded: the compiled graph keeps one draw per dropout, in eager's order, and never re-runs it to save
+# memory (the backward reads the seed the forward drew).
 @torch.library.custom_op("fpt::dropout_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def dropout_seed(like: torch.Tensor) -> torch.Tensor:
-    """One 63-bit draw from torch's CPU generator, a 0-d int64 tensor: `torch.manual_seed`, checkpoints
-    and the ranks' dropout streams (fpt/distributed.py) decide every mask. `like` is the tensor dropped."""
-    return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+    """`_draw_seed` as a 0-d int64 tensor; `like` is the tensor dropped."""
+    return torch.tensor(_draw_seed(), dtype=torch.int64)
 
 
 @dropout_seed.register_fake
@@ -80,18 +115,8 @@ def _(like: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("fpt::hash_dropout", mutates_args=())
 def hash_dropout(x: torch.Tensor, seed: torch.Tensor, p: float, scale: float) -> torch.Tensor:
-    """`torch.where(hash_keep_mask(x.shape, seed, p), x * scale, 0)`, contiguous; on the CPU in fp32 and
-    bf16 one pass of fpt/csrc/hash_dropout.c, elsewhere the torch form. Its own backward: the same
-    mask, recomputed from the seed, on the gradient."""
-    s = int(seed) % 2**64
-    lib = native.kernels("hash_dropout") if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
-    if lib is None:
-        return torch.where(hash_keep_mask(x.shape, s, p, x.device), x * scale, 0.0).contiguous()
-    x = x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype)
-    kernel = lib.fpt_hash_dropout_bf16 if x.dtype == torch.bfloat16 else lib.fpt_hash_dropout_f32
-    kernel(x.data_ptr(), out.data_ptr(), x.numel(), s, drop_threshold(p), scale, torch.get_num_threads())
-    return out
+    """`_dropout_forward` with the seed a tensor; its backward, the same mask on the gradient."""
+    return _dropout_forward(x, int(seed), p, scale)
 
 
 @hash_dropout.register_fake
@@ -112,12 +137,114 @@ def _hash_dropout_backward(ctx, grad: torch.Tensor):
 hash_dropout.register_autograd(_hash_dropout_backward, setup_context=_hash_dropout_context)
 
 
+def seeded_dropout(x: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    """Hash dropout of `x` with a fresh seed: x * scale where kept, 0 where dropped (probability p)."""
+    if torch.compiler.is_compiling():
+        return hash_dropout(x, dropout_seed(x), p, scale)
+    return _HashDropout.apply(x, _draw_seed(), p, scale)
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    return hash_dropout(x, dropout_seed(x), p, 1.0 / (1.0 - p))
+    return seeded_dropout(x, p, 1.0 / (1.0 - p))
+
+
+def _dropout_add_forward(h: torch.Tensor, residual: torch.Tensor, seed: int, p: float, scale: float) -> torch.Tensor:
+    """`_dropout_forward(h, seed, p, scale) + residual`, bit for bit; on the CPU, for an fp32 residual and h in
+    fp32 or bf16, one pass of fpt/csrc/hash_dropout.c instead of three (dropout, bf16 -> fp32, add)."""
+    lib = native.kernels("hash_dropout") if _fused_add_applies(h, residual) else None
+    if lib is None:
+        return (_dropout_forward(h, seed, p, scale) + residual).contiguous()
+    h, residual = h.contiguous(), residual.contiguous()
+    out = torch.empty(residual.shape, dtype=torch.float32)
+    kernel = lib.fpt_hash_dropout_add_bf16 if h.dtype == torch.bfloat16 else lib.fpt_hash_dropout_add_f32
+    kernel(h.data_ptr(), residual.data_ptr(), out.data_ptr(), h.numel(), seed % 2**64, drop_threshold(p), scale,
+           torch.get_num_threads())
+    return out
+
+
+def _dropout_add_backward(grad: torch.Tensor, seed: int, p: float, scale: float, h_dtype: torch.dtype) -> torch.Tensor:
+    """h's gradient in `_dropout_forward(h) + residual`: the gradient cast to h's dtype, dropped and scaled
+    (what autograd computes through the unfused ops; for fp32 -> bf16 one pass of C)."""
+    lib = native.kernels("hash_dropout")
+    if lib is None or grad.device.type != "cpu" or (grad.dtype, h_dtype) != (torch.float32, torch.bfloat16):
+        return _dropout_forward(grad.to(h_dtype), seed, p, scale)
+    grad = grad.contiguous()
+    out = torch.empty(grad.shape, dtype=torch.bfloat16)
+    lib.fpt_hash_dropout_f32_to_bf16(grad.data_ptr(), out.data_ptr(), grad.numel(), seed % 2**64, drop_threshold(p),
+                                     scale, torch.get_num_threads())
+    return out
+
+
+def _fused_add_applies(h: torch.Tensor, residual: torch.Tensor) -> bool:
+    return (h.device.type == "cpu" and residual.device.type == "cpu" and h.dtype in _NATIVE_DTYPES
+            and residual.dtype == torch.float32 and h.shape == residual.shape)
+
+
+class _HashDropoutAdd(torch.autograd.Function):
+    """Eager autograd for `hash_dropout_add` without a custom op's dispatch (most of a small op's cost)."""
+
+    @staticmethod
+    def forward(ctx, h, residual, seed: int, p: float, scale: float):
+        ctx.args, ctx.h_dtype, ctx.residual_dtype = (seed, p, scale), h.dtype, residual.dtype
+        return _dropout_add_forward(h, residual, seed, p, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (_dropout_add_backward(grad, *ctx.args, ctx.h_dtype), grad.to(ctx.residual_dtype), None, None, None)
+
+
+# the same computation for torch.compile: opaque ops that trace without a graph break
+@torch.library.custom_op("fpt::hash_dropout_add", mutates_args=())
+def hash_dropout_add(h: torch.Tensor, residual: torch.Tensor, seed: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    return _dropout_add_forward(h, residual, int(seed), p, scale)
+
+
+@hash_dropout_add.register_fake
+def _(h: torch.Tensor, residual: torch.Tensor, seed: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    shape = torch.broadcast_shapes(h.shape, residual.shape)
+    return torch.empty(shape, dtype=torch.promote_types(h.dtype, residual.dtype), device=residual.device)
+
+
+@torch.library.custom_op("fpt::hash_dropout_add_backward", mutates_args=())
+def hash_dropout_add_backward(grad: torch.Tensor, seed: torch.Tensor, p: float, scale: float,
+                              h_dtype: torch.dtype) -> torch.Tensor:
+    return _dropout_add_backward(grad, int(seed), p, scale, h_dtype)
+
+
+@hash_dropout_add_backward.register_fake
+def _(grad: torch.Tensor, seed: torch.Tensor, p: float, scale: float, h_dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(grad.shape, dtype=h_dtype, device=grad.device)
+
+
+def _hash_dropout_add_context(ctx, inputs, output) -> None:
+    h, residual, seed, ctx.p, ctx.scale = inputs
+    ctx.h_dtype, ctx.residual_dtype = h.dtype, residual.dtype
+    ctx.save_for_backward(seed)
+
+
+def _hash_dropout_add_grad(ctx, grad: torch.Tensor):
+    (seed,) = ctx.saved_tensors
+    return (hash_dropout_add_backward(grad, seed, ctx.p, ctx.scale, ctx.h_dtype), grad.to(ctx.residual_dtype),
+            None, None, None)
+
+
+hash_dropout_add.register_autograd(_hash_dropout_add_grad, setup_context=_hash_dropout_add_context)
+
+
+def fast_dropout_add(h: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`fast_dropout(h, p, training) + residual`: the same masks and values, in one pass on the CPU."""
+    if not training or p == 0.0:
+        return h + residual
+    if p >= 1.0:
+        return h * 0.0 + residual
+    scale = 1.0 / (1.0 - p)
+    if torch.compiler.is_compiling():
+        return hash_dropout_add(h, residual, dropout_seed(h), p, scale)
+    return _HashDropoutAdd.apply(h, residual, _draw_seed(), p, scale)
 
 
 class FastDropout(nn.Dropout):
@@ -140,6 +267,36 @@ def swap_modules(model: nn.Module, matches, replacement) -> int:
 def use_fast_dropout(model: nn.Module) -> int:
     """Swap every `nn.Dropout` for `FastDropout` (same p, same train/eval switch); returns the count."""
     return swap_modules(model, lambda m: type(m) is nn.Dropout, lambda m: FastDropout(m.p))
+
+
+# transformers modules whose forward is exactly LayerNorm(dropout(dense(hidden)) + input) (transformers
+# 5.23): the post-norm residual of BERT (MiniLM) and MPNet, twice a block
+DROPOUT_ADD_NORM_CLASSES = ("BertSelfOutput", "BertOutput", "MPNetOutput")
+
+
+def _dropout_add_norm_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+    hidden = self.dense(hidden_states)
+    return self.LayerNorm(fast_dropout_add(hidden, input_tensor, self.dropout.p, self.dropout.training))
+
+
+@functools.cache
+def _with_fused_residual(cls: type) -> type:
+    # a subclass of the same name: architectures.classify_body finds modules by class name
+    return type(cls.__name__, (cls,), {"forward": _dropout_add_norm_forward, "__module__": __name__,
+                                       "__doc__": f"{cls.__name__} with dropout and the residual add in one pass."})
+
+
+def use_fused_residual(model: nn.Module) -> int:
+    """Give every DROPOUT_ADD_NORM_CLASSES module whose dropout is `FastDropout` the fused forward
+    (`hash_dropout_add`: the same masks and values, one pass on the CPU); returns the count."""
+    swapped = 0
+    for module in model.modules():
+        cls = type(module)
+        if (cls.__name__ in DROPOUT_ADD_NORM_CLASSES and cls.__module__ != __name__
+                and isinstance(getattr(module, "dropout", None), FastDropout)):
+            module.__class__ = _with_fused_residual(cls)
+            swapped += 1
+    return swapped
 
 
 class TanhGELU(nn.Module):
@@ -220,7 +377,7 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     # two of the backward); at 1024 tokens those casts were a third of the step.
     weights = F.softmax(weights, dim=-1)
     if dropout > 0.0:
-        kept = hash_dropout(weights, dropout_seed(weights), dropout, 1.0)
+        kept = seeded_dropout(weights, dropout, 1.0)
         out = torch.matmul(kept, value) * (1.0 / (1.0 - dropout))
     else:
         out = torch.matmul(weights, value)  # (B, H, T, d)

@@ -80,9 +80,12 @@ def build(name: str) -> Path:
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _DROPOUT = _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
+_DROPOUT_ADD = _P, _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
 # each kernel file: its functions' argument types (all return void), and the ABI version it must report
 KERNELS = {
-    "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT}, 1),
+    "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT,
+                      "fpt_hash_dropout_add_f32": _DROPOUT_ADD, "fpt_hash_dropout_add_bf16": _DROPOUT_ADD,
+                      "fpt_hash_dropout_f32_to_bf16": _DROPOUT}, 2),
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
+from fpt import fastops as fo
 from fpt import native
 from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
 
@@ -66,6 +67,51 @@ def test_dropout_follows_torchs_seed(dropout_impl):
     assert torch.equal(again, first) and not torch.equal(first, second)
     again.backward(torch.full_like(x, 2.0))
     assert torch.equal(x.grad, again.detach() * 2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_add_is_dropout_then_add(dropout_impl, dtype):
+    """The fused dropout + residual add (one C pass, and one for its backward) gives what dropout followed
+    by the add gives, forward and both gradients, bit for bit; eager and the custom op alike."""
+    from fpt.fastops import fast_dropout_add, hash_dropout_add
+
+    h = torch.randn(3, 64, 48).to(dtype).requires_grad_()
+    r = torch.randn(3, 64, 48, requires_grad=True)
+    h2, r2 = h.detach().clone().requires_grad_(), r.detach().clone().requires_grad_()
+    torch.manual_seed(5)
+    fused = fast_dropout_add(h, r, 0.1, True)
+    torch.manual_seed(5)
+    unfused = fast_dropout(h2, 0.1, True) + r2
+    grad = torch.randn_like(fused)
+    fused.backward(grad)
+    unfused.backward(grad)
+    assert fused.dtype == torch.float32 and torch.equal(fused, unfused)
+    assert torch.equal(h.grad, h2.grad) and torch.equal(r.grad, r2.grad)
+    h3 = h.detach().clone().requires_grad_()
+    torch.manual_seed(5)
+    op = hash_dropout_add(h3, r.detach(), fo.dropout_seed(h3), 0.1, 1 / 0.9)
+    op.backward(grad)
+    assert torch.equal(op, fused) and torch.equal(h3.grad, h.grad)
+    assert torch.equal(fast_dropout_add(h, r, 0.1, False), h + r)  # eval: no dropout
+
+
+def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
+    """BERT's two residual outputs per block take the fused forward, under their own class names (the
+    parameter groups find modules by name), and compute what transformers' forward computes."""
+    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    outputs = [m for m in backbone.model.modules() if type(m).__name__ in fo.DROPOUT_ADD_NORM_CLASSES]
+    assert len(outputs) == 4 and all(type(m).__module__ == "fpt.fastops" for m in outputs)
+    module = outputs[-1].train()
+    x = torch.randn(2, 24, module.dense.in_features)
+    residual = torch.randn(2, 24, module.dense.out_features, requires_grad=True)
+    results = []
+    for cls in (type(module), type(module).__bases__[0]):  # fused, then transformers' own forward
+        module.__class__ = cls
+        torch.manual_seed(1)
+        out = module(x, residual)
+        results.append((out, torch.autograd.grad(out.square().sum(), residual)[0]))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert not fo.use_fused_residual(load_backbone(tiny_backbones["bert"], attn_implementation="eager").model)
 
 
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):

@@ -7,7 +7,9 @@
    the fallback, and the reference the tests compare this file against bit for bit.
 
    Kept elements are x * scale rounded as torch rounds (fp32: one multiply; bf16: multiply in fp32,
-   round to nearest even), dropped ones +0: torch.where(keep, x * scale, 0) exactly. */
+   round to nearest even), dropped ones +0: torch.where(keep, x * scale, 0) exactly. The _add kernels
+   add an fp32 residual in the same pass, as torch adds a bf16 tensor to an fp32 one (in fp32):
+   dropout(h) + r exactly, for the post-norm blocks' LayerNorm(dropout(dense(x)) + x). */
 #include <stdint.h>
 
 #define GOLDEN 0x9e3779b97f4a7c15ULL
@@ -31,7 +33,7 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
 }
 
-int fpt_hash_dropout_abi(void) { return 1; }
+int fpt_hash_dropout_abi(void) { return 2; }
 
 void fpt_hash_dropout_f32(const float *restrict x, float *restrict out, int64_t n, uint64_t seed,
                           uint32_t thr, float scale, int threads) {
@@ -51,4 +53,27 @@ void fpt_hash_dropout_bf16(const uint16_t *restrict x, uint16_t *restrict out, i
         for (int64_t i = 0; i < n; i++)
             out[i] = bits(seed, (uint64_t)i) >= thr ? to_bf16(from_bf16(x[i]) * scale) : 0;
     }
+}
+
+void fpt_hash_dropout_add_f32(const float *restrict h, const float *restrict r, float *restrict out, int64_t n,
+                              uint64_t seed, uint32_t thr, float scale, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = r[i] + (bits(seed, (uint64_t)i) >= thr ? h[i] * scale : 0.0f);
+}
+
+void fpt_hash_dropout_add_bf16(const uint16_t *restrict h, const float *restrict r, float *restrict out, int64_t n,
+                               uint64_t seed, uint32_t thr, float scale, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = r[i] + (bits(seed, (uint64_t)i) >= thr ? from_bf16(to_bf16(from_bf16(h[i]) * scale)) : 0.0f);
+}
+
+/* The gradient of dropout(h) + r for a bf16 h: the fp32 gradient cast to bf16, then dropped and scaled
+   (autograd's cast, then hash dropout's backward), in one pass. */
+void fpt_hash_dropout_f32_to_bf16(const float *restrict g, uint16_t *restrict out, int64_t n, uint64_t seed,
+                                  uint32_t thr, float scale, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static) if (n >= MIN_PARALLEL)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = bits(seed, (uint64_t)i) >= thr ? to_bf16(from_bf16(to_bf16(g[i])) * scale) : 0;
 }
