@@ -71,10 +71,17 @@ def _dropout_forward(x: torch.Tensor, seed: int, p: float, scale: float) -> torc
     lib = native.kernels("hash_dropout") if x.device.type == "cpu" and x.dtype in _NATIVE_DTYPES else None
     if lib is None:
         return torch.where(hash_keep_mask(x.shape, seed, p, x.device), x * scale, 0.0).contiguous()
-    x = x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype)
     kernel = lib.fpt_hash_dropout_bf16 if x.dtype == torch.bfloat16 else lib.fpt_hash_dropout_f32
-    kernel(x.data_ptr(), out.data_ptr(), x.numel(), seed % 2**64, drop_threshold(p), scale, torch.get_num_threads())
+    return _run_kernel(kernel, [x], x.dtype, seed, p, scale)
+
+
+def _run_kernel(kernel, inputs: list[torch.Tensor], out_dtype: torch.dtype, seed: int, p: float,
+                scale: float) -> torch.Tensor:
+    """One fpt/csrc/hash_dropout.c kernel over `inputs` (made contiguous) into a new tensor of their shape."""
+    inputs = [t.contiguous() for t in inputs]
+    out = torch.empty(inputs[0].shape, dtype=out_dtype)
+    kernel(*(t.data_ptr() for t in inputs), out.data_ptr(), out.numel(), seed % 2**64, drop_threshold(p), scale,
+           torch.get_num_threads())
     return out
 
 
@@ -158,12 +165,8 @@ def _dropout_add_forward(h: torch.Tensor, residual: torch.Tensor, seed: int, p: 
     lib = native.kernels("hash_dropout") if _fused_add_applies(h, residual) else None
     if lib is None:
         return (_dropout_forward(h, seed, p, scale) + residual).contiguous()
-    h, residual = h.contiguous(), residual.contiguous()
-    out = torch.empty(residual.shape, dtype=torch.float32)
     kernel = lib.fpt_hash_dropout_add_bf16 if h.dtype == torch.bfloat16 else lib.fpt_hash_dropout_add_f32
-    kernel(h.data_ptr(), residual.data_ptr(), out.data_ptr(), h.numel(), seed % 2**64, drop_threshold(p), scale,
-           torch.get_num_threads())
-    return out
+    return _run_kernel(kernel, [h, residual], torch.float32, seed, p, scale)
 
 
 def _dropout_add_backward(grad: torch.Tensor, seed: int, p: float, scale: float, h_dtype: torch.dtype) -> torch.Tensor:
@@ -172,11 +175,7 @@ def _dropout_add_backward(grad: torch.Tensor, seed: int, p: float, scale: float,
     lib = native.kernels("hash_dropout")
     if lib is None or grad.device.type != "cpu" or (grad.dtype, h_dtype) != (torch.float32, torch.bfloat16):
         return _dropout_forward(grad.to(h_dtype), seed, p, scale)
-    grad = grad.contiguous()
-    out = torch.empty(grad.shape, dtype=torch.bfloat16)
-    lib.fpt_hash_dropout_f32_to_bf16(grad.data_ptr(), out.data_ptr(), grad.numel(), seed % 2**64, drop_threshold(p),
-                                     scale, torch.get_num_threads())
-    return out
+    return _run_kernel(lib.fpt_hash_dropout_f32_to_bf16, [grad], torch.bfloat16, seed, p, scale)
 
 
 def _fused_add_applies(h: torch.Tensor, residual: torch.Tensor) -> bool:
