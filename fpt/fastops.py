@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -362,7 +363,9 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
         return out.transpose(1, 2).contiguous(), None
     if causal:  # (Tq, Tk), True on and below the diagonal (queries are the last Tq positions)
         tq, tk = query.shape[2], key.shape[2]
-        attention_mask = torch.ones(tq, tk, dtype=torch.bool, device=query.device).tril(tk - tq)
+        attention_mask = torch.ones(tq, tk, dtype=torch.bool, device=query.device).tril(tk - tq)[None, None]
+    if softcap is None and not _weights_wanted and short_attention_fits(query, key, value, attention_mask):
+        return short_attention(query, key, value, attention_mask, scaling, dropout), None
     # NOTE: the scale goes on the queries and dropout's 1 / (1 - p) on the output, both (B, H, T, d), not on
     # the (B, H, T, T) scores, forward and backward: the same math (rounded at another point) with two
     # fewer passes over the largest tensor of the step at long lengths.
@@ -390,6 +393,150 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     b, h, t, d = x.shape
     return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
 
+
+
+# Short sequences in bf16: fpt/csrc/short_attention.c, each (batch, head) in one pass (scores, softmax,
+# hash dropout, product with the values, and the backward likewise), where torch's batched matmuls of
+# 64 x 64 x 32 ran at half the matmul peak with a pass over memory per op between them. MiniLM, bf16,
+# 32 x 12 heads x 64 tokens, forward and backward: 7.7 -> 4.5 ms a layer (docs/performance.md). Up to this
+# many tokens: the (T, T) scores of a head then stay in the core's cache.
+SHORT_ATTENTION_MAX_TOKENS = 256
+
+
+def _short_attention_kernels():
+    """fpt/csrc/short_attention.c, or None (no build, or a CPU without AVX512-BF16)."""
+    lib = native.kernels("short_attention")
+    return lib if lib is not None and lib.fpt_short_attention_ok() else None
+
+
+@torch.compiler.assume_constant_result  # traced as its value: no graph break at the build and ctypes call
+def _short_attention_available() -> bool:
+    return _short_attention_kernels() is not None
+
+
+def short_attention_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None) -> bool:
+    """Whether `short_attention` takes these (B, H, T, d) operands: bf16 on the CPU, as many queries as keys
+    (T), T and d multiples of 16, T <= SHORT_ATTENTION_MAX_TOKENS, a boolean mask or none."""
+    b, h, t, d = query.shape
+    return (query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.bfloat16
+            and key.shape == value.shape == query.shape and t % 16 == 0 and d % 16 == 0
+            and t <= SHORT_ATTENTION_MAX_TOKENS
+            and (attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4
+                                            and attention_mask.shape[1] == 1))
+            and _short_attention_available())
+
+
+def _heads_args(*tensors: torch.Tensor) -> list[int]:
+    """Each (B, H, T, d) operand as the kernel takes it: pointer, batch, head and token strides."""
+    args = []
+    for x in tensors:
+        args += [x.data_ptr(), x.stride(0), x.stride(1), x.stride(2)]
+    return args
+
+
+def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _dropout_args(seed: int, p: float) -> tuple[int, int, float]:
+    """(seed, threshold, output scale) for the kernels; no dropout is threshold 0 (every element kept)."""
+    return (seed % 2**64, drop_threshold(p), 1.0 / (1.0 - p)) if p > 0.0 else (0, 0, 1.0)
+
+
+def _short_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                             scale: float, seed: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, T, H, d), the softmax (B, H, T, T), saved for the backward); mask: (B, T, T) uint8 or None."""
+    q, k, v = (_unit_last_stride(x) for x in (q, k, v))
+    b, h, t, d = q.shape
+    out = torch.empty(b, t, h, d, dtype=torch.bfloat16)
+    probs = torch.empty(b, h, t, t, dtype=torch.bfloat16)
+    _short_attention_kernels().fpt_short_attention_fwd(
+        *_heads_args(q, k, v), None if mask is None else mask.data_ptr(), b, h, t, d, scale, *_dropout_args(seed, p),
+        probs.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out, probs
+
+
+def _short_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor,
+                              grad: torch.Tensor, scale: float, seed: int, p: float) -> list[torch.Tensor]:
+    """The gradients of q, k, v from the output's, as (B, T, H, d) tensors (transposed, the (B, H, T, d) ones)."""
+    q, k, v = (_unit_last_stride(x) for x in (q, k, v))
+    grad = grad.to(torch.bfloat16).contiguous()
+    b, h, t, d = q.shape
+    grads = [torch.empty(b, t, h, d, dtype=torch.bfloat16) for _ in range(3)]
+    _short_attention_kernels().fpt_short_attention_bwd(
+        *_heads_args(q, k, v), probs.data_ptr(), grad.data_ptr(), b, h, t, d, scale, *_dropout_args(seed, p),
+        *(g.data_ptr() for g in grads), torch.get_num_threads())
+    return grads
+
+
+class _ShortAttention(torch.autograd.Function):
+    """Eager autograd for `short_attention` (no custom op's dispatch)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, seed: int, p: float):
+        out, probs = _short_attention_forward(q, k, v, mask, scale, seed, p)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.args = scale, seed, p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs = ctx.saved_tensors
+        grads = _short_attention_backward(q, k, v, probs, grad, *ctx.args)
+        return (*(g.transpose(1, 2) for g in grads), None, None, None, None)
+
+
+# the same computation for torch.compile
+@torch.library.custom_op("fpt::short_attention", mutates_args=())
+def short_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                       seed: torch.Tensor, scale: float, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _short_attention_forward(q, k, v, mask, scale, int(seed), p)
+
+
+@short_attention_op.register_fake
+def _(q, k, v, mask, seed, scale, p):
+    b, h, t, d = q.shape
+    return q.new_empty(b, t, h, d), q.new_empty(b, h, t, t)
+
+
+@torch.library.custom_op("fpt::short_attention_backward", mutates_args=())
+def short_attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor,
+                                grad: torch.Tensor, seed: torch.Tensor, scale: float,
+                                p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_short_attention_backward(q, k, v, probs, grad, scale, int(seed), p))  # (B, T, H, d) each
+
+
+@short_attention_backward_op.register_fake
+def _(q, k, v, probs, grad, seed, scale, p):
+    b, h, t, d = q.shape
+    return tuple(q.new_empty(b, t, h, d) for _ in range(3))
+
+
+def _short_attention_context(ctx, inputs, output) -> None:
+    q, k, v, _, seed, ctx.scale, ctx.p = inputs
+    ctx.save_for_backward(q, k, v, output[1], seed)
+
+
+def _short_attention_grad(ctx, grad_out, grad_probs):
+    q, k, v, probs, seed = ctx.saved_tensors
+    grads = short_attention_backward_op(q, k, v, probs, grad_out, seed, ctx.scale, ctx.p)
+    return (*(g.transpose(1, 2) for g in grads), None, None, None, None)
+
+
+short_attention_op.register_autograd(_short_attention_grad, setup_context=_short_attention_context)
+
+
+def short_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float, dropout: float) -> torch.Tensor:
+    """softmax(q k^T scaling, masked) with hash dropout at `dropout`, times v: (B, T, H, d), for operands
+    that `short_attention_fits`; attention_mask (B or 1, 1, T, T) boolean, True where a query may look."""
+    b, _, t, _ = query.shape
+    mask = None if attention_mask is None else attention_mask.expand(b, 1, t, t)[:, 0].to(torch.uint8).contiguous()
+    if torch.compiler.is_compiling():
+        seed = dropout_seed(query) if dropout > 0.0 else torch.zeros((), dtype=torch.int64)
+        return short_attention_op(query, key, value, mask, seed, scaling, dropout)[0]
+    return _ShortAttention.apply(query, key, value, mask, scaling, _draw_seed() if dropout > 0.0 else 0, dropout)
 
 def register() -> None:
     from transformers import AttentionInterface

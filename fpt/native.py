@@ -81,8 +81,12 @@ def build(name: str) -> Path:
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _DROPOUT = _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
 _DROPOUT_ADD = _P, _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
+_HEADS = (_P, _I64, _I64, _I64) * 3  # q, k, v: pointer, batch, head and token strides
+_ATTENTION_ARGS = _I64, _I64, _INT, _INT, ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
 # each kernel file: its functions' argument types (all return void), and the ABI version it must report
 KERNELS = {
+    "short_attention": ({"fpt_short_attention_fwd": (*_HEADS, _P, *_ATTENTION_ARGS, _P, _P, _INT),
+                         "fpt_short_attention_bwd": (*_HEADS, _P, _P, *_ATTENTION_ARGS, _P, _P, _P, _INT)}, 1),
     "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT,
                       "fpt_hash_dropout_add_f32": _DROPOUT_ADD, "fpt_hash_dropout_add_bf16": _DROPOUT_ADD,
                       "fpt_hash_dropout_f32_to_bf16": _DROPOUT}, 2),

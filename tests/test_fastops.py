@@ -310,3 +310,108 @@ def test_swapped_modules_keep_the_models_mode(tiny_backbones, model_type):
     modes = {m.training for m in model.modules()}
     assert modes == {model.training}
     assert any(isinstance(m, FastDropout) for m in model.modules())
+
+
+@pytest.fixture
+def short_attention_kernel():
+    if fo._short_attention_kernels() is None:
+        pytest.skip("fpt/csrc/short_attention.c needs a C compiler and a CPU with AVX512-BF16")
+
+
+def _heads_of_linear_outputs(b, h, t, d, seed=0):
+    """(B, H, T, d) bf16 views of (B, T, H d) tensors, as attention reads its linear layers' outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = [torch.randn(b, t, h * d, generator=gen).bfloat16().requires_grad_() for _ in range(3)]
+    return flat, [x.view(b, t, h, d).transpose(1, 2) for x in flat]
+
+
+@pytest.mark.parametrize("masking", ["none", "padding", "causal"])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_short_attention_is_attention_with_hash_dropout(short_attention_kernel, masking, p):
+    """The kernel against the math in fp32 from the same bf16 inputs, with hash_keep_mask's mask on the
+    (B, H, T, T) probabilities: outputs and the three gradients within bf16 rounding."""
+    b, h, t, d, scale, seed = 3, 2, 32, 16, 0.25, 987654321
+    flat, (q, k, v) = _heads_of_linear_outputs(b, h, t, d)
+    allowed = {"none": None, "causal": torch.ones(t, t, dtype=torch.bool).tril()[None, None],
+               "padding": (torch.arange(t) < torch.tensor([t, 20, 5])[:, None])[:, None, None, :]}[masking]
+    mask = None if allowed is None else allowed.expand(b, 1, t, t)[:, 0].to(torch.uint8).contiguous()
+    out = fo._ShortAttention.apply(q, k, v, mask, scale, seed, p)
+    assert out.shape == (b, t, h, d) and out.dtype == torch.bfloat16
+    grad = torch.randn(out.shape).bfloat16()
+    grads = torch.autograd.grad(out, flat, grad)
+
+    ref_flat = [x.detach().float().requires_grad_() for x in flat]
+    rq, rk, rv = (x.view(b, t, h, d).transpose(1, 2) for x in ref_flat)
+    scores = rq @ rk.transpose(-1, -2) * scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    keep = hash_keep_mask(torch.Size((b, h, t, t)), seed, p)
+    ref = ((scores.softmax(-1) * keep) @ rv / (1 - p)).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref, ref_flat, grad.float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours.float(), theirs, rtol=2e-2, atol=2e-2)
+    if p > 0:  # the mask is hash_keep_mask's: another seed gives another output
+        assert not torch.allclose(fo._ShortAttention.apply(q, k, v, mask, scale, seed + 1, p), out)
+
+
+def test_short_attention_only_where_it_fits(short_attention_kernel):
+    """bf16 on the CPU, T and d multiples of 16, T up to SHORT_ATTENTION_MAX_TOKENS, as many queries as keys."""
+    def fits(t=64, d=32, tq=None, dtype=torch.bfloat16, mask=None):
+        q = torch.randn(2, 3, tq or t, d).to(dtype)
+        kv = torch.randn(2, 3, t, d).to(dtype)
+        return fo.short_attention_fits(q, kv, kv, mask)
+
+    assert fits() and fits(t=fo.SHORT_ATTENTION_MAX_TOKENS, d=64) and fits(mask=torch.ones(2, 1, 64, 64).bool())
+    assert not fits(dtype=torch.float32) and not fits(t=24) and not fits(d=24) and not fits(tq=16)
+    assert not fits(t=fo.SHORT_ATTENTION_MAX_TOKENS + 16) and not fits(mask=torch.zeros(2, 1, 64, 64))
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+# bidirectional, causal (Gemma 3's queries and keys leave its fp32 norms in fp32 under autocast: no kernel)
+@pytest.mark.parametrize("model_type", ["bert", "gpt2"])
+def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_attention_kernel, monkeypatch,
+                                                     model_type, padded):
+    """At 32 tokens in bf16 fpt's CPU attention takes the kernel; the bodies' outputs and input gradients
+    stay within bf16 rounding of transformers' eager attention."""
+    from fpt.model import HFBody
+
+    calls, kernel = [], fo.short_attention
+    monkeypatch.setattr(fo, "short_attention", lambda *args: calls.append(1) or kernel(*args))
+    torch.manual_seed(0)
+    x = torch.randn(3, 32, 64)
+    mask = torch.tensor([[1] * 32, [1] * 20 + [0] * 12, [1] * 5 + [0] * 27]) if padded else torch.ones(3, 32).long()
+    outs, grads = {}, {}
+    for attn in ("eager", FPT_CPU):
+        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn, dropout=0.0)
+        torch.manual_seed(1)
+        body = HFBody(backbone, 32).train()
+        h = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = body(h, mask if padded else None)
+        out.float()[mask.bool()].square().sum().backward()
+        outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
+    assert calls, "fpt's CPU attention did not take the kernel"
+    torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(grads[FPT_CPU], grads["eager"], rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.cpp_compiler
+def test_short_attention_compiled_is_eager(short_attention_kernel):
+    """Under torch.compile the same kernel runs as custom ops: the same draws, outputs and gradients, bit for bit."""
+    from types import SimpleNamespace
+
+    module = SimpleNamespace(training=True, is_causal=False)
+    flat, _ = _heads_of_linear_outputs(2, 3, 32, 16)
+
+    def attention(q, k, v):
+        heads = [x.view(2, 32, 3, 16).transpose(1, 2) for x in (q, k, v)]
+        return fo.cpu_attention(module, *heads, None, scaling=0.25, dropout=0.1)[0]
+
+    results = []
+    for fn in (attention, torch.compile(attention, fullgraph=True)):
+        torch.manual_seed(3)
+        out = fn(*flat)
+        results.append((out, torch.autograd.grad(out.float().square().sum(), flat)))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
