@@ -103,11 +103,14 @@ def _count_cpu_sdpa() -> None:
 
 
 def count_flops(fn) -> int:
-    """FLOPs (multiply-add = 2) that `fn()` runs, as counted by torch's dispatcher."""
+    """FLOPs (multiply-add = 2) that `fn()` runs, as counted by torch's dispatcher (fpt's short-attention
+    kernel as the eager math it replaces, whose matmuls the dispatcher sees)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fpt import fastops
+
     _count_cpu_sdpa()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, fastops.eager_math_for_short_attention():
         fn()
     return counter.get_total_flops()
 

@@ -414,6 +414,21 @@ def _short_attention_available() -> bool:
     return _short_attention_kernels() is not None
 
 
+_short_attention_off = False
+
+
+@contextlib.contextmanager
+def eager_math_for_short_attention():
+    """Within this block cpu_attention runs the eager math where it would run the kernel: the same matmuls,
+    which torch's FLOP counter sees (it cannot see into a C kernel; fpt.bench.count_flops)."""
+    global _short_attention_off
+    before, _short_attention_off = _short_attention_off, True
+    try:
+        yield
+    finally:
+        _short_attention_off = before
+
+
 def short_attention_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None) -> bool:
     """Whether `short_attention` takes these (B, H, T, d) operands: bf16 on the CPU, as many queries as keys
@@ -421,7 +436,7 @@ def short_attention_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     b, h, t, d = query.shape
     return (query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.bfloat16
             and key.shape == value.shape == query.shape and t % 16 == 0 and d % 16 == 0
-            and t <= SHORT_ATTENTION_MAX_TOKENS
+            and t <= SHORT_ATTENTION_MAX_TOKENS and not _short_attention_off
             and (attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4
                                             and attention_mask.shape[1] == 1))
             and _short_attention_available())

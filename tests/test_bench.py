@@ -167,3 +167,23 @@ def test_time_to_accuracy_stops_a_diverging_run(tiny_backbones, tmp_path):
     cfg = _cfg(tiny_backbones["bert"], tmp_path, steps=20, eval_every=10, lr=1e30, grad_clip=0.0)
     with pytest.raises(FPTError, match="diverged"):
         train_to_accuracy(cfg, "fpt", 1.0, log=lambda _: None)
+
+
+def test_short_attention_flops_are_counted_as_its_matmuls():
+    """torch's counter cannot see into fpt's short-attention kernel: count_flops runs the eager math in its
+    place, whose matmuls are the kernel's (two forward, four backward)."""
+    from types import SimpleNamespace
+
+    from fpt import fastops
+
+    if fastops._short_attention_kernels() is None:
+        pytest.skip("fpt/csrc/short_attention.c needs a C compiler and a CPU with AVX512-BF16")
+    module = SimpleNamespace(training=True, is_causal=False)
+    q, k, v = (torch.randn(2, 3, 64, 16).bfloat16().requires_grad_() for _ in range(3))
+    assert fastops.short_attention_fits(q, k, v, None)
+    per_matmul = 2 * 2 * 3 * 64 * 64 * 16
+
+    def step():
+        fastops.cpu_attention(module, q, k, v, None, scaling=0.25, dropout=0.1)[0].float().sum().backward()
+
+    assert count_flops(step) == 6 * per_matmul
