@@ -15,6 +15,11 @@ eager math with the scores kept in their own dtype (no fp32 round trip of the (B
 under bf16), and torch's fused SDPA kernel where it is faster: long sequences without attention
 dropout (docs/performance.md, "Attention on the CPU").
 
+`short_attention`: for bf16 attention of up to 256 tokens, `cpu_attention` hands each (batch, head) to one
+C pass (fpt/csrc/short_attention.c, AVX512-BF16) that computes scores, softmax, hash dropout and the
+product with the values in the core's cache, and the backward likewise: at MNIST's 64 tokens torch's
+batched matmuls of 64 x 64 x 32 ran at half the matmul peak, with a pass over memory between each op.
+
 `use_fused_gelu`: transformers writes GPT-2's `gelu_new` as eight elementwise ops, and bf16 autocast runs
 its `pow` in fp32, so the whole (B, T, 4D) activation and its backward went through fp32 passes: 60% of
 a bf16 GPT-2 step on an H200 (docs/performance.md, "GPU"). torch's tanh-approximate `F.gelu` is the same

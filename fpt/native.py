@@ -55,7 +55,8 @@ def build(name: str) -> Path:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler ({compiler!r} not found; set CC)")
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), compiler.encode(), " ".join(CFLAGS).encode(),
+    headers = [h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h"))]  # what the sources include
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, compiler.encode(), " ".join(CFLAGS).encode(),
                                      platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     target = cache_root() / "native" / f"{name}-{key}.so"
     if target.exists():

@@ -141,6 +141,21 @@ def test_kernel_build_is_cached_and_atomic(monkeypatch, tmp_path):
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no partial files left beside it
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
+def test_kernel_build_follows_the_shared_header(monkeypatch, tmp_path):
+    """The sources include fpt/csrc/hash_bits.h: a changed header is a new build, not a stale one."""
+    import shutil as sh
+
+    sources = tmp_path / "csrc"
+    sh.copytree(native.SOURCE_DIR, sources)
+    monkeypatch.setattr(native, "SOURCE_DIR", sources)
+    monkeypatch.setenv("FPT_CACHE", str(tmp_path / "cache"))
+    first = native.build("hash_dropout")
+    header = sources / "hash_bits.h"
+    header.write_text(header.read_text() + "\n/* changed */\n")
+    assert native.build("hash_dropout") != first
+
+
 def test_fast_dropout_scales_and_is_identity_in_eval():
     x = torch.ones(200_000)
     y = fast_dropout(x, 0.25, training=True)
@@ -415,3 +430,15 @@ def test_short_attention_compiled_is_eager(short_attention_kernel):
         results.append((out, torch.autograd.grad(out.float().square().sum(), flat)))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeypatch):
+    """No build (no compiler, FPT_NATIVE=0) or no AVX512-BF16: cpu_attention runs the eager math instead."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(native, "kernels", lambda name: None)
+    module = SimpleNamespace(training=False, is_causal=False)
+    q = torch.randn(2, 3, 32, 16).bfloat16()
+    assert not fo.short_attention_fits(q, q, q, None)
+    out, weights = fo.cpu_attention(module, q, q, q, None, scaling=0.25)
+    assert out.shape == (2, 32, 3, 16) and weights is not None  # the eager path returns its weights

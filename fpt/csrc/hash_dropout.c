@@ -12,15 +12,9 @@
    dropout(h) + r exactly, for the post-norm blocks' LayerNorm(dropout(dense(x)) + x). */
 #include <stdint.h>
 
-#define GOLDEN 0x9e3779b97f4a7c15ULL
-#define MIN_PARALLEL 32768 /* elements; below this a second thread costs more than it saves */
+#include "hash_bits.h"
 
-static inline uint32_t bits(uint64_t seed, uint64_t i) {
-    uint64_t z = seed + i * GOLDEN;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return (uint32_t)((z ^ (z >> 31)) >> 32);
-}
+#define MIN_PARALLEL 32768 /* elements; below this a second thread costs more than it saves */
 
 static inline float from_bf16(uint16_t b) {
     union { uint32_t u; float f; } v = { (uint32_t)b << 16 };

@@ -19,24 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GOLDEN 0x9e3779b97f4a7c15ULL
-
-static inline uint32_t bits(uint64_t seed, uint64_t i) {
-    uint64_t z = seed + i * GOLDEN;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return (uint32_t)((z ^ (z >> 31)) >> 32);
-}
-
-static inline float from_bf16(uint16_t b) {
-    union { uint32_t u; float f; } v = { (uint32_t)b << 16 };
-    return v.f;
-}
-
-static inline uint16_t to_bf16(float f) {
-    union { float f; uint32_t u; } v = { f };
-    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
-}
+#include "hash_bits.h"
 
 int fpt_short_attention_abi(void) { return 1; }
 
@@ -122,7 +105,8 @@ static void gemm(const bf16 *A, int64_t lda, int64_t aps, const bf16 *Bp, int M,
 }
 
 /* exp for x <= 0 (softmax's shifted scores), 1-2 ulp: 2^n e^r with r in [-ln2/2, ln2/2] (Cephes' expf
-   polynomial); exactly 0 below -87 (where fp32's normals end), as torch's exp underflows there. */
+   polynomial); 0 below -87, where e^x leaves fp32's normal range (torch's exp keeps the subnormals there:
+   probabilities differ by under 1.2e-38). */
 static inline __m512 exp_nonpositive(__m512 x) {
     __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
