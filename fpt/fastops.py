@@ -438,10 +438,13 @@ def short_attention_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Te
                          attention_mask: torch.Tensor | None) -> bool:
     """Whether `short_attention` takes these (B, H, T, d) operands: bf16 on the CPU, as many queries as keys
     (T), T and d multiples of 16, T <= SHORT_ATTENTION_MAX_TOKENS, a boolean mask or none."""
-    b, h, t, d = query.shape
     return (query.device.type == "cpu" and query.dtype == key.dtype == value.dtype == torch.bfloat16
-            and key.shape == value.shape == query.shape and t % 16 == 0 and d % 16 == 0
-            and t <= SHORT_ATTENTION_MAX_TOKENS and not _short_attention_off
+            and key.shape == value.shape == query.shape and _short_attention_takes(*query.shape[2:], attention_mask))
+
+
+def _short_attention_takes(t: int, d: int, attention_mask: torch.Tensor | None) -> bool:
+    """T tokens of heads d wide, with this mask: the kernel's limits (the operands aside)."""
+    return (t % 16 == 0 and d % 16 == 0 and t <= SHORT_ATTENTION_MAX_TOKENS and not _short_attention_off
             and (attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4
                                             and attention_mask.shape[1] == 1))
             and _short_attention_available())
@@ -478,15 +481,20 @@ def _short_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def _short_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor,
-                              grad: torch.Tensor, scale: float, seed: int, p: float) -> list[torch.Tensor]:
-    """The gradients of q, k, v from the output's, as (B, T, H, d) tensors (transposed, the (B, H, T, d) ones)."""
+                              grad: torch.Tensor, scale: float, seed: int, p: float,
+                              fused: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The gradients of q, k, v from the output's, as (B, T, H, d) tensors (transposed, the (B, H, T, d) ones);
+    with `fused`, a contiguous (B, T, 3, H, d) tensor, written into its thirds (returned as views)."""
     q, k, v = (_unit_last_stride(x) for x in (q, k, v))
     grad = grad.to(torch.bfloat16).contiguous()
     b, h, t, d = q.shape
-    grads = [torch.empty(b, t, h, d, dtype=torch.bfloat16) for _ in range(3)]
+    if fused is None:
+        grads, strides = [torch.empty(b, t, h, d, dtype=torch.bfloat16) for _ in range(3)], (t * h * d, h * d)
+    else:
+        grads, strides = list(fused.unbind(2)), fused.stride()[:2]
     _short_attention_kernels().fpt_short_attention_bwd(
         *_heads_args(q, k, v), probs.data_ptr(), grad.data_ptr(), b, h, t, d, scale, *_dropout_args(seed, p),
-        *(g.data_ptr() for g in grads), torch.get_num_threads())
+        *(g.data_ptr() for g in grads), *strides, torch.get_num_threads())
     return grads
 
 
@@ -552,11 +560,94 @@ def short_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """softmax(q k^T scaling, masked) with hash dropout at `dropout`, times v: (B, T, H, d), for operands
     that `short_attention_fits`; attention_mask (B or 1, 1, T, T) boolean, True where a query may look."""
     b, _, t, _ = query.shape
-    mask = None if attention_mask is None else attention_mask.expand(b, 1, t, t)[:, 0].to(torch.uint8).contiguous()
+    mask = _mask_bytes(attention_mask, b, t)
     if torch.compiler.is_compiling():
         seed = dropout_seed(query) if dropout > 0.0 else torch.zeros((), dtype=torch.int64)
         return short_attention_op(query, key, value, mask, seed, scaling, dropout)[0]
     return _ShortAttention.apply(query, key, value, mask, scaling, _draw_seed() if dropout > 0.0 else 0, dropout)
+
+
+def _mask_bytes(attention_mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor | None:
+    """A boolean (B or 1, 1, T, T) mask as the kernel reads it: (B, T, T) bytes, or None."""
+    return None if attention_mask is None else attention_mask.expand(b, 1, t, t)[:, 0].to(torch.uint8).contiguous()
+
+
+class _ProjectedShortAttention(torch.autograd.Function):
+    """hidden (B, T, D) -> q, k, v from one matmul with the projections' weights stacked (3 H d x D), as a
+    (B, T, 3, H, d) tensor -> short attention -> (B, T, H, d). The backward writes the three gradients
+    into one (B, T, 3, H, d) tensor and takes them back to the hidden state in one matmul: no weight
+    gradients (the projections are frozen), one cast and no sums where separate projections take three
+    of each."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, mask, heads: int, scale: float, seed: int, p: float):
+        b, t, width = hidden.shape
+        with torch.autocast("cpu", enabled=False):
+            qkv = torch.addmm(bias, hidden.reshape(b * t, width).to(torch.bfloat16), weight.t())
+        qkv = qkv.view(b, t, 3, heads, -1)
+        q, k, v = (x.transpose(1, 2) for x in qkv.unbind(2))
+        out, probs = _short_attention_forward(q, k, v, mask, scale, seed, p)
+        ctx.save_for_backward(qkv, probs, weight)
+        ctx.args, ctx.hidden_dtype = (scale, seed, p), hidden.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qkv, probs, weight = ctx.saved_tensors
+        b, t = qkv.shape[:2]
+        grads = torch.empty_like(qkv)
+        _short_attention_backward(*(x.transpose(1, 2) for x in qkv.unbind(2)), probs, grad, *ctx.args, fused=grads)
+        with torch.autocast("cpu", enabled=False):
+            hidden_grad = torch.mm(grads.view(b * t, -1), weight).view(b, t, -1)
+        return hidden_grad.to(ctx.hidden_dtype), None, None, None, None, None, None, None
+
+
+# transformers modules whose forward is exactly: query, key and value linear layers on the hidden state, then
+# the attention interface (transformers 5.23): BERT's self-attention
+PROJECTED_ATTENTION_CLASSES = ("BertSelfAttention",)
+
+
+def _projections_fuse(self, hidden_states: torch.Tensor, attention_mask, past_key_values) -> bool:
+    """Whether this call takes `_ProjectedShortAttention`: fpt's CPU attention in eager bf16 autocast, plain
+    frozen linear projections (not LoRA-wrapped, not trained), and what the kernel takes."""
+    projections = (self.query, self.key, self.value)
+    return (past_key_values is None and not _weights_wanted and not torch.compiler.is_compiling()
+            and self.config._attn_implementation == FPT_CPU and hidden_states.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and all(type(m) is nn.Linear and m.bias is not None and not m.weight.requires_grad
+                    and not m.bias.requires_grad for m in projections)
+            and _short_attention_takes(hidden_states.shape[1], self.attention_head_size, attention_mask))
+
+
+@functools.cache
+def _with_projected_attention(cls: type) -> type:
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+        if not _projections_fuse(self, hidden_states, attention_mask, past_key_values):
+            return cls.forward(self, hidden_states, attention_mask, past_key_values, **kwargs)
+        projections = (self.query, self.key, self.value)
+        weight = torch.cat([m.weight for m in projections]).to(torch.bfloat16)  # (3 H d, D); bf16 already in bf16 runs
+        bias = torch.cat([m.bias for m in projections]).to(torch.bfloat16)
+        b, t, _ = hidden_states.shape
+        p = self.dropout.p if self.training else 0.0
+        out = _ProjectedShortAttention.apply(hidden_states, weight, bias, _mask_bytes(attention_mask, b, t),
+                                             self.num_attention_heads, self.scaling, _draw_seed() if p > 0.0 else 0, p)
+        return out.reshape(b, t, -1), None
+
+    # a subclass of the same name: architectures.classify_body finds modules by class name
+    return type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__,
+                                       "__doc__": f"{cls.__name__} with q, k, v from one matmul into short attention."})
+
+
+def use_projected_attention(model: nn.Module) -> int:
+    """Give every PROJECTED_ATTENTION_CLASSES module the fused projection forward (which falls back to its
+    own where `_projections_fuse` says no); returns the count."""
+    swapped = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls.__name__ in PROJECTED_ATTENTION_CLASSES and cls.__module__ != __name__:
+            module.__class__ = _with_projected_attention(cls)
+            swapped += 1
+    return swapped
 
 def register() -> None:
     from transformers import AttentionInterface

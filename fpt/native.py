@@ -87,7 +87,8 @@ _ATTENTION_ARGS = _I64, _I64, _INT, _INT, ctypes.c_float, ctypes.c_uint64, ctype
 # each kernel file: its functions' argument types (all return void), and the ABI version it must report
 KERNELS = {
     "short_attention": ({"fpt_short_attention_fwd": (*_HEADS, _P, *_ATTENTION_ARGS, _P, _P, _INT),
-                         "fpt_short_attention_bwd": (*_HEADS, _P, _P, *_ATTENTION_ARGS, _P, _P, _P, _INT)}, 1),
+                         "fpt_short_attention_bwd": (*_HEADS, _P, _P, *_ATTENTION_ARGS, _P, _P, _P, _I64, _I64,
+                                                     _INT)}, 2),
     "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT,
                       "fpt_hash_dropout_add_f32": _DROPOUT_ADD, "fpt_hash_dropout_add_bf16": _DROPOUT_ADD,
                       "fpt_hash_dropout_f32_to_bf16": _DROPOUT}, 2),

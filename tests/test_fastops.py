@@ -442,3 +442,52 @@ def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeyp
     assert not fo.short_attention_fits(q, q, q, None)
     out, weights = fo.cpu_attention(module, q, q, q, None, scaling=0.25)
     assert out.shape == (2, 32, 3, 16) and weights is not None  # the eager path returns its weights
+
+
+def _frozen_bert_self_attention(tiny_backbones):
+    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    backbone.model.requires_grad_(False)  # FPT freezes the body's attention
+    modules = [m for m in backbone.model.modules() if type(m).__name__ in fo.PROJECTED_ATTENTION_CLASSES]
+    assert len(modules) == 2 and all(type(m).__module__ == "fpt.fastops" for m in modules)
+    return modules[0].train()
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_projected_attention_is_the_separate_projections(tiny_backbones, short_attention_kernel, monkeypatch, padded):
+    """BERT's q, k, v from one matmul into short attention: the output and the hidden state's gradient within
+    bf16 rounding of the module's own forward (the same dropout masks, from the same seed)."""
+    module = _frozen_bert_self_attention(tiny_backbones)
+    x = torch.randn(3, 32, 64)
+    mask = (torch.arange(32) < torch.tensor([32, 20, 5])[:, None])[:, None, None, :] if padded else None
+    results, taken = [], []
+    real = fo._projections_fuse
+    for fused in (True, False):
+        monkeypatch.setattr(fo, "_projections_fuse", lambda *a: taken.append(fused and real(*a)) or taken[-1])
+        h = x.clone().requires_grad_(True)
+        torch.manual_seed(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(h, mask)[0]
+        results.append((out.float(), torch.autograd.grad(out.float().square().sum(), h)[0]))
+    assert taken == [True, False]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=3e-2, atol=3e-2)
+
+
+def test_projected_attention_only_where_it_applies(tiny_backbones, short_attention_kernel):
+    """Frozen plain linear projections under bf16 autocast at lengths the kernel takes; otherwise the module's
+    own forward (trained or LoRA-wrapped projections, fp32, attention maps wanted, other lengths)."""
+    module = _frozen_bert_self_attention(tiny_backbones)
+
+    def fuses(t=32, autocast=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return fo._projections_fuse(module, torch.randn(2, t, 64), None, None)
+
+    assert fuses()
+    assert not fuses(t=24) and not fuses(autocast=False)
+    with fo.attention_weights_wanted():
+        assert not fuses()
+    module.value.weight.requires_grad_(True)
+    assert not fuses()
+    module.value.weight.requires_grad_(False)
+    module.query = torch.nn.Sequential(module.query)  # a wrapped projection (as LoRA wraps it)
+    assert not fuses()

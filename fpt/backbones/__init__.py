@@ -262,6 +262,7 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     if fast_cpu:
         fastops.use_fast_dropout(model)
         fastops.use_fused_residual(model)
+        fastops.use_projected_attention(model)
     if not as_published:
         fastops.use_fused_gelu(model)
     return Backbone(name=name, model=model, arch=arch, init=init, source=ref)

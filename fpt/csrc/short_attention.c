@@ -21,7 +21,7 @@
 
 #include "hash_bits.h"
 
-int fpt_short_attention_abi(void) { return 1; }
+int fpt_short_attention_abi(void) { return 2; }
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
@@ -197,12 +197,15 @@ void fpt_short_attention_fwd(const bf16 *q, int64_t qsb, int64_t qsh, int64_t qs
 }
 
 /* The gradients of fpt_short_attention_fwd's output: dout (B, T, H, d) contiguous; probs its saved
-   softmax; dq, dk, dv (B, T, H, d) contiguous. */
+   softmax; dq, dk, dv (B, T, H, d) with batch and token strides gsb, gst (a token's heads d apart):
+   three tensors (gsb = T H d, gst = H d), or the thirds of one (B, T, 3, H, d) gradient of a fused
+   query/key/value projection (gsb = 3 T H d, gst = 3 H d). */
 void fpt_short_attention_bwd(const bf16 *q, int64_t qsb, int64_t qsh, int64_t qst,
                              const bf16 *k, int64_t ksb, int64_t ksh, int64_t kst,
                              const bf16 *v, int64_t vsb, int64_t vsh, int64_t vst,
                              const bf16 *probs, const bf16 *dout, int64_t B, int64_t H, int T, int D, float scale,
-                             uint64_t seed, uint32_t thr, float dscale, bf16 *dq, bf16 *dk, bf16 *dv, int threads) {
+                             uint64_t seed, uint32_t thr, float dscale, bf16 *dq, bf16 *dk, bf16 *dv,
+                             int64_t gsb, int64_t gst, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         size_t td = (size_t)T * D, tt = (size_t)T * T;
@@ -244,19 +247,19 @@ void fpt_short_attention_bwd(const bf16 *q, int64_t qsb, int64_t qsh, int64_t qs
             gemm(ds, T, 2, packed, T, D, T, s, D);  /* dq = ds . k */
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < D; j += 16)
-                    store_bf16(dq + b * dsb + i * dst + h * D + j, _mm512_loadu_ps(s + (int64_t)i * D + j));
+                    store_bf16(dq + b * gsb + i * gst + h * D + j, _mm512_loadu_ps(s + (int64_t)i * D + j));
             pack_pairs(ds, T, 1, T, T, t_ds);             /* A = ds^T, read from ds's pairs */
             pack_pairs(qb, qst, 1, T, D, packed);         /* B = q */
             gemm(t_ds, 2, 2 * T, packed, T, D, T, s, D);  /* dk = ds^T . q */
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < D; j += 16)
-                    store_bf16(dk + b * dsb + i * dst + h * D + j, _mm512_loadu_ps(s + (int64_t)i * D + j));
+                    store_bf16(dk + b * gsb + i * gst + h * D + j, _mm512_loadu_ps(s + (int64_t)i * D + j));
             pack_pairs(pd, T, 1, T, T, t_pd);             /* A = (dropped probs)^T */
             pack_pairs(gb, dst, 1, T, D, packed);         /* B = dout */
             gemm(t_pd, 2, 2 * T, packed, T, D, T, s, D);  /* dv = dropped probs^T . dout, times dscale */
             for (int i = 0; i < T; i++)
                 for (int j = 0; j < D; j += 16)
-                    store_bf16(dv + b * dsb + i * dst + h * D + j,
+                    store_bf16(dv + b * gsb + i * gst + h * D + j,
                                _mm512_mul_ps(_mm512_loadu_ps(s + (int64_t)i * D + j), _mm512_set1_ps(dscale)));
         }
         free(packed); free(ds); free(pd); free(t_ds); free(t_pd); free(s);
