@@ -285,23 +285,30 @@ def _dropout_add_norm_forward(self, hidden_states: torch.Tensor, input_tensor: t
 
 
 @functools.cache
-def _with_fused_residual(cls: type) -> type:
-    # a subclass of the same name: architectures.classify_body finds modules by class name
-    return type(cls.__name__, (cls,), {"forward": _dropout_add_norm_forward, "__module__": __name__,
-                                       "__doc__": f"{cls.__name__} with dropout and the residual add in one pass."})
+def _same_named_subclass(cls: type, forward, doc: str) -> type:
+    # the same name: architectures.classify_body finds modules by class name, so parameter groups stay
+    return type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__, "__doc__": f"{cls.__name__} {doc}"})
+
+
+def _swap_forward(model: nn.Module, class_names: tuple[str, ...], forward_for, doc: str,
+                  condition=lambda module: True) -> int:
+    """Give every module of a class named in `class_names` (and meeting `condition`) a same-named subclass
+    whose forward is `forward_for(its class)`; returns the count."""
+    swapped = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls.__name__ in class_names and cls.__module__ != __name__ and condition(module):
+            module.__class__ = _same_named_subclass(cls, forward_for(cls), doc)
+            swapped += 1
+    return swapped
 
 
 def use_fused_residual(model: nn.Module) -> int:
     """Give every DROPOUT_ADD_NORM_CLASSES module whose dropout is `FastDropout` the fused forward
     (`hash_dropout_add`: the same masks and values, one pass on the CPU); returns the count."""
-    swapped = 0
-    for module in model.modules():
-        cls = type(module)
-        if (cls.__name__ in DROPOUT_ADD_NORM_CLASSES and cls.__module__ != __name__
-                and isinstance(getattr(module, "dropout", None), FastDropout)):
-            module.__class__ = _with_fused_residual(cls)
-            swapped += 1
-    return swapped
+    return _swap_forward(model, DROPOUT_ADD_NORM_CLASSES, lambda cls: _dropout_add_norm_forward,
+                         "with dropout and the residual add in one pass.",
+                         lambda module: isinstance(getattr(module, "dropout", None), FastDropout))
 
 
 class TanhGELU(nn.Module):
@@ -620,7 +627,7 @@ def _projections_fuse(self, hidden_states: torch.Tensor, attention_mask, past_ke
 
 
 @functools.cache
-def _with_projected_attention(cls: type) -> type:
+def _projected_attention_forward(cls: type):
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
         if not _projections_fuse(self, hidden_states, attention_mask, past_key_values):
             return cls.forward(self, hidden_states, attention_mask, past_key_values, **kwargs)
@@ -633,21 +640,15 @@ def _with_projected_attention(cls: type) -> type:
                                              self.num_attention_heads, self.scaling, _draw_seed() if p > 0.0 else 0, p)
         return out.reshape(b, t, -1), None
 
-    # a subclass of the same name: architectures.classify_body finds modules by class name
-    return type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__,
-                                       "__doc__": f"{cls.__name__} with q, k, v from one matmul into short attention."})
+    return forward
 
 
 def use_projected_attention(model: nn.Module) -> int:
     """Give every PROJECTED_ATTENTION_CLASSES module the fused projection forward (which falls back to its
     own where `_projections_fuse` says no); returns the count."""
-    swapped = 0
-    for module in model.modules():
-        cls = type(module)
-        if cls.__name__ in PROJECTED_ATTENTION_CLASSES and cls.__module__ != __name__:
-            module.__class__ = _with_projected_attention(cls)
-            swapped += 1
-    return swapped
+    return _swap_forward(model, PROJECTED_ATTENTION_CLASSES, _projected_attention_forward,
+                         "with q, k, v from one matmul into short attention.")
+
 
 def register() -> None:
     from transformers import AttentionInterface
