@@ -32,6 +32,7 @@ from fpt.config import BENCH_VARIANTS, TrainConfig
 from fpt.errors import FPTError
 from fpt.tasks import Batch
 from fpt.train import Experiment, build_experiment, loss_and_correct, train_step
+from fpt.utils import keep_freed_cpu_memory
 
 REFERENCE_MICRO_BATCH = 16  # the paper's code: batch 16, gradient accumulation to the global batch
 
@@ -157,6 +158,8 @@ def _time(step, n: int, device: torch.device) -> float:
 def build_fpt_loop(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, Callable[[], torch.Tensor]]:
     """fpt's loop for `cfg`: (experiment, optimizer, one training step returning its loss)."""
     exp = build_experiment(cfg)
+    if exp.device.type == "cpu":
+        keep_freed_cpu_memory()  # as `fpt train` does (the reference loop, the paper's code, does not)
     optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
 

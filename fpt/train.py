@@ -31,8 +31,8 @@ from fpt.errors import FPTError
 from fpt.features import FeatureCache
 from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
 from fpt.tasks import Batch, TaskData, build_task
-from fpt.utils import (device_name, pick_device, seed_everything, torch_save_atomic, versions,
-                       write_json_atomic)
+from fpt.utils import (device_name, keep_freed_cpu_memory, pick_device, seed_everything, torch_save_atomic,
+                       versions, write_json_atomic)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -299,6 +299,8 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     model, device = exp.model, exp.device
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
     optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
     weights_sha = exp.weights_sha256()

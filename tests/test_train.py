@@ -228,3 +228,24 @@ def test_decaying_schedule_cannot_resume_with_other_steps(tiny_backbones, tmp_pa
     train(cfg, progress=False)
     with pytest.raises(FPTError, match="steps"):
         train(cfg.replace(steps=8), resume=True, progress=False)
+
+
+def test_cpu_training_keeps_freed_memory_in_the_heap(monkeypatch, tiny_backbones, tmp_path):
+    """CPU training sets glibc's malloc to keep freed blocks (no page faults for each step's activations),
+    on Linux with glibc; FPT_MALLOC=default leaves malloc alone."""
+    import platform
+
+    from fpt import utils
+
+    calls = []
+    monkeypatch.setattr("fpt.train.keep_freed_cpu_memory", lambda: calls.append(1))
+    train(TrainConfig(task="bit-xor", backbone=tiny_backbones["gpt2"], init="random", steps=2, eval_every=2,
+                      device="cpu", run_dir=str(tmp_path / "run")), progress=False)
+    assert calls == [1]
+    utils.keep_freed_cpu_memory.cache_clear()
+    monkeypatch.setenv("FPT_MALLOC", "default")
+    assert utils.keep_freed_cpu_memory() is False
+    monkeypatch.delenv("FPT_MALLOC")
+    utils.keep_freed_cpu_memory.cache_clear()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert utils.keep_freed_cpu_memory() is True
