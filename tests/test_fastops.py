@@ -200,6 +200,28 @@ def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     torch.testing.assert_close(body(other, mask)[1, :7], body(x, mask)[1, :7], rtol=1e-5, atol=1e-5)
 
 
+def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf16: bool):
+    """A body's outputs and input gradients at the real tokens, {attn: tensor} for transformers' eager
+    attention and fpt's CPU attention; three sequences of lengths[0] tokens, padded to `lengths` or not."""
+    from fpt.model import HFBody
+
+    t = lengths[0]
+    torch.manual_seed(0)
+    x = torch.randn(3, t, 64)
+    mask = (torch.arange(t) < torch.tensor(lengths)[:, None]).long() if padded else torch.ones(3, t).long()
+    outs, grads = {}, {}
+    for attn in ("eager", FPT_CPU):
+        backbone = load_backbone(backbone_dir, attn_implementation=attn, dropout=0.0)
+        torch.manual_seed(1)  # Gemma's new position table: the same for both
+        body = HFBody(backbone, t).train()
+        h = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = body(h, mask if padded else None)
+        out.float()[mask.bool()].square().sum().backward()
+        outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
+    return outs, grads
+
+
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "gemma3_text"])  # bidirectional, causal, causal GQA
 @pytest.mark.parametrize("sdpa_from", [10**9, 1], ids=["eager-path", "sdpa-path"])
@@ -209,22 +231,9 @@ def test_cpu_attention_matches_eager(tiny_backbones, monkeypatch, sdpa_from, pre
     without padding; GPT-2 without padding gets no mask from transformers, only `is_causal`; the tiny
     Gemma shares one key/value head between two query heads, and 24 tokens pass its sliding window of 16)."""
     from fpt import fastops
-    from fpt.model import HFBody
 
     monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", sdpa_from)
-    torch.manual_seed(0)
-    x = torch.randn(3, 24, 64)
-    mask = torch.tensor([[1] * 24, [1] * 14 + [0] * 10, [1] * 5 + [0] * 19]) if padded else torch.ones(3, 24).long()
-    outs, grads = {}, {}
-    for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn, dropout=0.0)
-        torch.manual_seed(1)  # Gemma's new position table: the same for both
-        body = HFBody(backbone, 24).train()
-        h = x.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = body(h, mask if padded else None)
-        out.float()[mask.bool()].square().sum().backward()
-        outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
+    outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [24, 14, 5], padded, precision == "bf16")
     # bf16: the fused kernel rounds at other points than the eager math (the tiny Gemma's fused path:
     # 2 of 4,608 outputs off by 0.021-0.023, its fp32 cases within 1e-5)
     bf16_tol = 3e-2 if model_type == "gemma3_text" else 2e-2
@@ -389,23 +398,9 @@ def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_atten
                                                      model_type, padded):
     """At 32 tokens in bf16 fpt's CPU attention takes the kernel; the bodies' outputs and input gradients
     stay within bf16 rounding of transformers' eager attention."""
-    from fpt.model import HFBody
-
     calls, kernel = [], fo.short_attention
     monkeypatch.setattr(fo, "short_attention", lambda *args: calls.append(1) or kernel(*args))
-    torch.manual_seed(0)
-    x = torch.randn(3, 32, 64)
-    mask = torch.tensor([[1] * 32, [1] * 20 + [0] * 12, [1] * 5 + [0] * 27]) if padded else torch.ones(3, 32).long()
-    outs, grads = {}, {}
-    for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn, dropout=0.0)
-        torch.manual_seed(1)
-        body = HFBody(backbone, 32).train()
-        h = x.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = body(h, mask if padded else None)
-        out.float()[mask.bool()].square().sum().backward()
-        outs[attn], grads[attn] = out.float()[mask.bool()], h.grad[mask.bool()]
+    outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [32, 20, 5], padded, bf16=True)
     assert calls, "fpt's CPU attention did not take the kernel"
     torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(grads[FPT_CPU], grads["eager"], rtol=3e-2, atol=3e-2)
