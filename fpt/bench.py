@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fpt.config import BENCH_VARIANTS, TrainConfig
 from fpt.errors import FPTError
+from fpt.precision import autocast as precision_autocast
 from fpt.tasks import Batch
 from fpt.train import Experiment, build_experiment, loss_and_correct, train_step
 from fpt.utils import keep_freed_cpu_memory
@@ -128,11 +129,14 @@ class LoopFigures:
     achieved_tflops: float
     mfu: float  # achieved FLOP/s over the measured matmul peak of the same dtype
     compiled: bool = False  # the step under torch.compile (`compile: true`)
+    requested: str | None = None  # the precision asked for (auto, fp32, bf16); `precision` is what ran
 
     @property
     def label(self) -> str:
-        """The variant, as `--precisions` names it: fp32, bf16, bf16+compile."""
-        return self.precision + ("+compile" if self.compiled else "")
+        """The variant, as `--precisions` names it: fp32, bf16, bf16+compile; auto as what it picked
+        (auto=bf16+compile)."""
+        name = self.precision if self.requested in (None, self.precision) else f"{self.requested}={self.precision}"
+        return name + ("+compile" if self.compiled else "")
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,11 +174,15 @@ def build_fpt_loop(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer,
     return exp, optimizer, step
 
 
-def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int, peak: float) -> LoopFigures:
+def bench_fpt(cfg: TrainConfig, *, steps: int, warmup: int, eval_batches: int,
+              peaks: dict[str, float]) -> LoopFigures:
+    """fpt's loop timed at the precision `cfg` resolves to (auto: fpt/precision.py); MFU against its peak."""
     exp, _, step = build_fpt_loop(cfg)
     tokens = cfg.batch_size * exp.data.spec.seq_len
-    return _measure("fpt", cfg.precision, exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peak,
-                    evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False), compiled=cfg.compile)
+    precision = exp.cfg.precision  # resolved: fp32 or bf16
+    fig = _measure("fpt", precision, exp, step, tokens=tokens, steps=steps, warmup=warmup, peak=peaks[precision],
+                   evaluate=lambda: _eval_tokens_per_s(exp, eval_batches, graph=False), compiled=cfg.compile)
+    return dataclasses.replace(fig, requested=cfg.precision)
 
 
 def _measure(name: str, precision: str, exp: Experiment, step, *, tokens: int, steps: int, warmup: int,
@@ -206,7 +214,7 @@ def _eval_tokens_per_s(exp: Experiment, n_batches: int, *, graph: bool, batch_si
     tokens = sum(b.x.shape[0] * b.x.shape[1] for b in batches)
     exp.model.eval()
     ctx = contextlib.nullcontext if graph else torch.inference_mode
-    autocast = torch.autocast(exp.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = precision_autocast(cfg.precision, exp.device)
 
     def run():
         with ctx(), autocast:
@@ -316,7 +324,7 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
 
         def test_accuracy():
             return evaluate(exp, "test")["accuracy"]
-        precision = cfg.precision
+        precision = exp.cfg.precision  # resolved
     else:
         exp, optimizer, step, micro = build_reference(cfg)
 
@@ -418,8 +426,9 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
     loops = []
     for precision, compiled in variants:
         variant = dataclasses.replace(cfg, precision=precision, compile=cfg.compile or compiled)
-        fig = _isolated(bench_fpt, variant, steps=steps, warmup=warmup, eval_batches=eval_batches,
-                        peak=peaks[precision])
+        fig = _isolated(bench_fpt, variant, steps=steps, warmup=warmup, eval_batches=eval_batches, peaks=peaks)
+        if precision == "auto":
+            log(f"precision auto picked {fig.precision} on this device")
         loops.append(fig)
         log(_line(fig))
     if reference:
@@ -460,15 +469,15 @@ def run_scaling(cfg: TrainConfig, *, seq_lens: list[int], batch_sizes: list[int]
     from fpt.utils import pick_device
 
     device = pick_device(cfg.device)
-    peak = matmul_peak_flops(device, torch.float32 if cfg.precision == "fp32" else torch.bfloat16)
+    peaks = {p: matmul_peak_flops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}
     rows = []
     for t in seq_lens:
         for b in batch_sizes:
             c = dataclasses.replace(cfg, task="synthetic", batch_size=b, patch_size=None,
                                     task_options={"seq_len": t, "token_dim": 16, "num_classes": 10,
                                                   "eval_examples": b})
-            f = _isolated(bench_fpt, c, steps=steps, warmup=warmup, eval_batches=1, peak=peak)
-            rows.append({"seq_len": t, "batch_size": b, "precision": cfg.precision,
+            f = _isolated(bench_fpt, c, steps=steps, warmup=warmup, eval_batches=1, peaks=peaks)
+            rows.append({"seq_len": t, "batch_size": b, "precision": f.precision,
                          "ms_per_step": round(1000 / f.train_steps_per_s, 1),
                          "tokens_per_s": round(f.train_tokens_per_s), "flops_per_step": f.flops_per_step,
                          "gflop_per_step": round(f.flops_per_step / 1e9, 2),

@@ -18,10 +18,11 @@ import yaml
 
 from fpt.errors import FPTError
 
-PRECISIONS = ("fp32", "bf16")
-# `fpt bench`'s default rows: fpt's loop as `fpt train` runs it, in both precisions, and bf16 under
-# `compile: true` (docs/performance.md: on the 2-core CPU the compiled step is the fastest)
-BENCH_VARIANTS = ("fp32", "bf16", "bf16+compile")
+from fpt.precision import PRECISIONS  # auto | fp32 | bf16
+
+# `fpt bench`'s default rows: fpt's loop as `fpt train` runs it at the precision auto picks, and the same
+# under `compile: true` (docs/performance.md: on the 2-core CPU the compiled step is the fastest)
+BENCH_VARIANTS = ("auto", "auto+compile")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # those of COMPILE_MODES that replay CUDA graphs
@@ -58,7 +59,9 @@ class TrainConfig:
     early_stop: float | None = None  # stop once validation accuracy reaches this (e.g. 1.0)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast; parameters and optimizer state stay fp32)
+    # auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/precision.py), else fp32;
+    # bf16 is autocast: parameters and optimizer state stay fp32
+    precision: str = "auto"
     # auto: on the CPU fpt's attention (fpt/fastops.py: eager math with cheaper dropout, torch's fused
     # kernel from 512 keys when no attention dropout applies), sdpa (fused, flash) on GPUs; eager:
     # transformers' own

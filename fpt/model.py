@@ -129,6 +129,7 @@ class FPT(nn.Module):
     def __init__(self, body: nn.Module, spec: TaskSpec, width: int):
         super().__init__()
         self.spec = spec
+        self.width = width
         if spec.input_kind == "tokens":
             self.input_layer = nn.Embedding(spec.vocab_size, width)
         else:

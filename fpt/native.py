@@ -24,26 +24,22 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from fpt.utils import cache_root
+from fpt.utils import cache_root, cpu_flags
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 CFLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
+
+
+def cflags() -> list[str]:
+    """CFLAGS, then $FPT_CFLAGS: `FPT_CFLAGS=-mno-avx512bf16` builds as a CPU without native bf16 would
+    (the tests use it so that every host covers both paths)."""
+    return CFLAGS + os.environ.get("FPT_CFLAGS", "").split()
 # torch's wheel ships libgomp.so.1 and loads it first, so the kernels' OpenMP shares torch's thread pool
 OPENMP = ["-fopenmp"]
 
 
 def enabled() -> bool:
     return os.environ.get("FPT_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def build(name: str) -> Path:
@@ -56,8 +52,8 @@ def build(name: str) -> Path:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler ({compiler!r} not found; set CC)")
     headers = [h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h"))]  # what the sources include
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, compiler.encode(), " ".join(CFLAGS).encode(),
-                                     platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), *headers, compiler.encode(), " ".join(cflags()).encode(),
+                                     platform.machine().encode(), cpu_flags().encode()])).hexdigest()[:16]
     target = cache_root() / "native" / f"{name}-{key}.so"
     if target.exists():
         return target
@@ -68,7 +64,7 @@ def build(name: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             partial = Path(tmp.name)
         try:
-            done = subprocess.run([compiler, *CFLAGS, *extra, str(source), "-o", str(partial)],
+            done = subprocess.run([compiler, *cflags(), *extra, str(source), "-o", str(partial)],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode == 0:
                 os.replace(partial, target)
@@ -107,6 +103,12 @@ def kernels(name: str) -> ctypes.CDLL | None:
             raise RuntimeError("stale build (ABI mismatch)")
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         warnings.warn(f"fpt: CPU kernel {name!r} unavailable, using torch instead (same results, slower): {e}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    missing = [fn_name for fn_name in functions if not hasattr(lib, fn_name)]
+    if missing:  # built without the instructions it needs (e.g. no AVX512-BF16): only its probes are in it
+        warnings.warn(f"fpt: CPU kernel {name!r} unavailable on this CPU, using torch instead (same results, "
+                      f"slower): its build lacks {', '.join(missing)} (the instructions it needs are missing)",
                       RuntimeWarning, stacklevel=2)
         return None
     for fn_name, argtypes in functions.items():

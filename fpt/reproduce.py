@@ -203,6 +203,8 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
     import torch
 
     from fpt.bodies import build_model
+    from fpt.precision import autocast
+    from fpt.precision import resolve as resolve_precision
     from fpt.tasks import Batch, build_task
     from fpt.train import loss_and_correct
     from fpt.utils import pick_device
@@ -218,13 +220,14 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
                 spec = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options).spec
                 device = pick_device(cfg.device)
                 model = build_model(cfg, spec)[0].to(device).train()
+                precision, _ = resolve_precision(cfg.precision, device, model.width)
                 trainable = [p for p in model.parameters() if p.requires_grad]
                 opt = torch.optim.Adam(trainable, lr=cfg.lr) if trainable else None
                 batch = _random_batch(spec, cfg.batch_size, torch.Generator().manual_seed(0)).to(device)
                 times = []
                 for _ in range(timed_steps + 1):  # the first step warms up
                     t = time.perf_counter()
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    with autocast(precision, device):
                         logits = model(batch.x, batch.lengths)
                     loss, _ = loss_and_correct(logits, batch.y)
                     if opt is not None:

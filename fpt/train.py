@@ -29,6 +29,8 @@ from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
 from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
+from fpt.precision import autocast
+from fpt.precision import resolve as resolve_precision
 from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
 from fpt.tasks import Batch, TaskData, build_task
 from fpt.utils import (device_name, keep_freed_cpu_memory, pick_device, seed_everything, torch_save_atomic,
@@ -55,6 +57,7 @@ class Experiment:
     frozen_sha256: str | None = None  # hash of the body as built, before any bf16 storage
     ranks: Ranks = field(default_factory=Ranks)  # data-parallel processes (one without torchrun)
     ddp: torch.nn.Module | None = None  # `model` wrapped in DistributedDataParallel under torchrun
+    precision_info: dict = field(default_factory=dict)  # what `precision: auto` decided and measured
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -81,7 +84,10 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
     model, backbone = build_model(cfg, data.spec)  # the config's model row, cfg.train learning
     device = pick_device(cfg.device)
-    exp = Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device)
+    resolved, precision_info = resolve_precision(cfg.precision, device, model.width)
+    cfg = cfg.replace(precision=resolved)  # from here on fp32 or bf16
+    exp = Experiment(cfg=cfg, data=data, backbone=backbone, model=model.to(device), device=device,
+                     precision_info=precision_info)
     if cfg.precision == "bf16":
         exp.weights_sha256()  # the same hash as an fp32 run of the same weights
         store_frozen_matmul_weights(exp.model, torch.bfloat16)
@@ -136,7 +142,18 @@ def _check_cpu_compiler() -> None:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    return autocast(cfg.precision, device)
+
+
+def _describe_precision(info: dict) -> str:
+    """'bf16 (auto: bf16 612 vs fp32 180 GFLOP/s)' for a run's start line."""
+    text = info.get("resolved", "fp32")
+    if info.get("requested") == "auto":
+        if "bf16_gflops" in info:
+            text += f" (auto: bf16 {info['bf16_gflops']:.0f} vs fp32 {info['fp32_gflops']:.0f} GFLOP/s)"
+        else:
+            text += " (auto)"
+    return text
 
 
 def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,6 +313,7 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     run_dir = ranks.agree(lambda: _prepare_run_dir(cfg, resume), main_only=True)
     # before any file is written: bad input leaves nothing behind
     exp = ranks.agree(lambda: build_experiment(cfg))
+    cfg = exp.cfg  # precision resolved (auto -> fp32 or bf16)
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     model, device = exp.model, exp.device
@@ -325,7 +343,8 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     bar = _Progress(cfg.steps, state["step"], progress and ranks.is_main)
     bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
               f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
-              f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{ranks.describe()} -> {run_dir}")
+              f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{ranks.describe()}, "
+              f"{_describe_precision(exp.precision_info)} -> {run_dir}")
     model.train()
     started = time.perf_counter() - state["elapsed"]
     status = "finished"
@@ -420,12 +439,26 @@ def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status
         "best_val_accuracy": state["best_val"] if state["best_val"] >= 0 else None,
         "best_step": state["best_step"], "test_accuracy_at_best_val": state["test_at_best"],
         "wall_time_s": round(wall, 2), "device": device_name(exp.device),
+        "precision": cfg.precision, "precision_auto": exp.precision_info,
         "backbone_source": exp.backbone.source if exp.backbone is not None else cfg.model,
         "weights_sha256": weights_sha,
         "features_computed": exp.cache.computed if exp.cache is not None else None,
+        "data_notes": list(exp.data.notes),
+        "architecture": _architecture(exp),
+        "split_sizes": {name: len(split.y) for name, split in exp.data.splits.items()},
         "param_groups": counts["groups"], "versions": versions(), "config": cfg.to_dict(),
         "run_dir": str(run_dir),
     }
+
+
+def _architecture(exp: Experiment) -> dict:
+    """What the body is: its kind, depth, width and heads (the table's notes cite it)."""
+    if exp.backbone is None:
+        body = exp.model.body
+        return {"kind": type(body).__name__, "layers": len(getattr(body, "lstms", [])), "width": exp.model.width}
+    config = exp.backbone.model.config
+    return {"kind": config.model_type, "layers": exp.backbone.num_layers, "width": exp.backbone.width,
+            "heads": getattr(config, "num_attention_heads", None), "norm": exp.backbone.arch.norm_position}
 
 
 def export_backbone(exp: Experiment, folder: str) -> str:

@@ -22,6 +22,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("FPT_CACHE") or Path.home() / ".cache" / "fpt")
 
 
+@functools.cache
+def cpu_flags() -> str:
+    """This CPU's feature flags (/proc/cpuinfo), a key for what is built or measured per host."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64-bit

@@ -34,6 +34,7 @@ class BackboneSource:
     model_type: str | None = None
     install_hint: str | None = None  # command that installs the weights, when missing
     hub_name: str | None = None  # the hub repository `locate` names unless an env var points elsewhere
+    random_only: bool = False  # an architecture without published weights: `--init random` only
 
 
 BACKBONES: Registry[BackboneSource] = Registry("backbone")
@@ -100,6 +101,20 @@ for _name, _size in GPT2_SIZES.items():
         model_type="gpt2",
         hub_name=_name,
     ))
+
+# The Full transformer row at CPU size: GPT-2's pre-LN block (the paper's full transformer is GPT-2's
+# architecture trained from scratch) at MiniLM's body size, 6 x 384, so that a fully trained body costs
+# about what FPT's frozen one does. No weights exist: `--init random` only.
+GPT2_MINI = dict(n_layer=6, n_head=6, n_embd=384)
+BACKBONES.register("gpt2-mini", BackboneSource(
+    name="gpt2-mini",
+    description="GPT-2's architecture at 6 x 384 (pre-LN, 6 heads), random init only: the CPU-sized Full transformer",
+    locate=lambda: "gpt2-mini",
+    config_overrides=dict(GPT2_MINI, vocab_size=1, n_positions=1024),  # FPT brings its own input layer
+    model_type="gpt2",
+    hub_name="gpt2-mini",
+    random_only=True,
+))
 
 # The paper's ViT row used timm's `vit_base_patch16_224`. timm needs torchvision, which does not import
 # beside this torch build, so the same architecture comes from transformers' ViTModel (12 pre-LN blocks x
@@ -239,6 +254,8 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
         raise FPTError(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
     from fpt import fastops
 
+    if name in BACKBONES and BACKBONES.get(name).random_only and init != "random":
+        raise FPTError(f"backbone {name!r} has no pretrained weights: use --init random")
     config, arch, ref = load_config(name, dropout=dropout)
     as_published = attn_implementation == "eager"  # transformers' modules untouched (the bench's reference loop)
     fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops.py): same math, fewer passes

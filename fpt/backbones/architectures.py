@@ -53,6 +53,7 @@ class Architecture:
     # mask where `causal`), so fpt's CPU attention (fpt/fastops.py: the same math, fewer passes,
     # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
+    norm_position: str = "post-LN"  # where each block's norms sit: post-LN (BERT, MPNet) or pre-LN (GPT-2, ...)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -60,6 +61,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture(
             model_type="gpt2",
+            norm_position="pre-LN",
             attention=("GPT2Attention",),
             feedforward=("GPT2MLP",),
             positions=("wpe",),
@@ -103,6 +105,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             model_type="gemma3_text",
+            norm_position="pre-LN",
             # Every norm is a Gemma3RMSNorm (a scale only), including q_norm / k_norm inside attention.
             attention=("Gemma3Attention",),
             feedforward=("Gemma3MLP",),
@@ -120,6 +123,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             model_type="vit",
+            norm_position="pre-LN",
             # transformers 5.x ViT (old hub checkpoints are renamed on load): each block is
             # layernorm_before -> attention (q/k/v/o_proj) -> layernorm_after -> mlp (fc1, GELU, fc2),
             # pre-LN like timm's vit_base_patch16_224; a final `layernorm` after the last block.

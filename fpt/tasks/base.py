@@ -57,6 +57,7 @@ class TaskData:
         self.spec = spec
         self.splits = splits
         self.train_split = train_split
+        self.notes: list[str] = []  # what a reader of the result must know (truncation, subsets)
 
     @property
     def eval_splits(self) -> list[str]:

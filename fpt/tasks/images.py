@@ -235,15 +235,26 @@ class _CIFARBase(Task):
     def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
         a = load_cifar_arrays(data_dir)
         (xtr, ytr), (xva, yva) = hold_out(a["x_train"], a["y_train"], self.opts["val_size"], what="CIFAR-10")
-        images = {"train": _tensors(xtr, ytr), "val": _tensors(xva, yva), "test": _tensors(a["x_test"], a["y_test"])}
-        return ImageData(self.spec, images, self.prepare, augment_train=self.opts["augment"])
+        xte, yte = a["x_test"], a["y_test"]
+        notes = []
+        if self.opts["test_size"] is not None:  # a fixed seeded subset, the same for every run (budgets.py)
+            n = self.opts["test_size"]
+            if not 0 < n <= len(yte):
+                raise FPTError(f"test_size must be in 1..{len(yte)} for CIFAR-10, got {n}")
+            keep = np.sort(np.random.default_rng(0).permutation(len(yte))[:n])
+            xte, yte = xte[keep], yte[keep]
+            notes.append(f"test on a fixed subset of {n} of the {len(a['y_test'])} test images")
+        images = {"train": _tensors(xtr, ytr), "val": _tensors(xva, yva), "test": _tensors(xte, yte)}
+        data = ImageData(self.spec, images, self.prepare, augment_train=self.opts["augment"])
+        data.notes = notes
+        return data
 
 
 @TASKS.register("cifar10")
 class CIFAR10(_CIFARBase):
     """CIFAR-10, per-channel normalised, 4x4 RGB patches: 64 tokens of width 48, 10 classes."""
 
-    options = {"patch_size": 4, "val_size": 5000, "augment": True}
+    options = {"patch_size": 4, "val_size": 5000, "augment": True, "test_size": None}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -262,7 +273,7 @@ class CIFAR10(_CIFARBase):
 class CIFAR10LRA(_CIFARBase):
     """CIFAR-10 as in LRA: grayscale, normalised with mean 0.5 and std 0.5, 1x1 patches: 1024 tokens of width 1."""
 
-    options = {"patch_size": 1, "val_size": 5000, "augment": True}
+    options = {"patch_size": 1, "val_size": 5000, "augment": True, "test_size": None}
 
     def __init__(self, **options):
         super().__init__(**options)
