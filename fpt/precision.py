@@ -6,7 +6,8 @@
   run it about 5x slower (emulated through fp32), so the pick matters either way. The result is cached
   in $FPT_CACHE/precision/, keyed by the CPU's flags and the width, so a host probes once.
 
-An explicit fp32 or bf16 is obeyed; bf16 on a CPU where the probe finds it slower gets one warning
+`FPT_AUTO_PRECISION=fp32|bf16` pins what auto picks without a probe (a cluster of mixed nodes, the
+tests: the same numerics on every host). An explicit fp32 or bf16 is obeyed; bf16 on a CPU where the probe finds it slower gets one warning
 with the two measured rates. Everything after `resolve` sees a concrete precision (fp32 or bf16); what
 auto measured goes into result.json.
 """
@@ -15,16 +16,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 import warnings
 
 import torch
 
+from fpt.errors import FPTError
 from fpt.utils import cache_root, cpu_flags, write_json_atomic
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CONCRETE = ("fp32", "bf16")
 PROBE_ROWS = 512  # tokens in a probe matmul: a batch of 8 x 64, one step's smallest matmul
+PROBE_MIN_WIDTH = 256  # narrower (test-sized) models are probed at this width: tiny matmuls time only noise
 
 
 def autocast(precision: str, device: torch.device):
@@ -74,12 +78,17 @@ def probe_cpu(width: int) -> dict:
 def resolve(requested: str, device: torch.device, width: int) -> tuple[str, dict]:
     """(fp32 | bf16, what was decided and measured) for a run at this model width on `device`."""
     info: dict = {"requested": requested}
+    pinned = os.environ.get("FPT_AUTO_PRECISION", "").strip()
+    if requested == "auto" and pinned:
+        if pinned not in CONCRETE:
+            raise FPTError(f"FPT_AUTO_PRECISION must be fp32 or bf16, got {pinned!r}")
+        return pinned, {**info, "pinned_by": "FPT_AUTO_PRECISION", "resolved": pinned}
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
         info["cuda_bf16_supported"] = supported
         resolved = requested if requested != "auto" else ("bf16" if supported else "fp32")
     elif device.type == "cpu":
-        rates = probe_cpu(width)
+        rates = probe_cpu(max(width, PROBE_MIN_WIDTH))
         info.update(rates)
         faster = "bf16" if rates["bf16_gflops"] > rates["fp32_gflops"] else "fp32"
         resolved = faster if requested == "auto" else requested

@@ -149,7 +149,9 @@ def _describe_precision(info: dict) -> str:
     """'bf16 (auto: bf16 612 vs fp32 180 GFLOP/s)' for a run's start line."""
     text = info.get("resolved", "fp32")
     if info.get("requested") == "auto":
-        if "bf16_gflops" in info:
+        if "pinned_by" in info:
+            text += f" (auto, pinned by {info['pinned_by']})"
+        elif "bf16_gflops" in info:
             text += f" (auto: bf16 {info['bf16_gflops']:.0f} vs fp32 {info['fp32_gflops']:.0f} GFLOP/s)"
         else:
             text += " (auto)"

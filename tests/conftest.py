@@ -11,6 +11,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `precision: auto` is fp32 in tests on every kind of host (fpt/precision.py), child processes included, so
+# that no test's numerics depend on whether this CPU has native bf16; tests of auto itself unset it
+os.environ["FPT_AUTO_PRECISION"] = "fp32"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

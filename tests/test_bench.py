@@ -33,9 +33,20 @@ def test_frozen_body_skips_weight_gradients(tiny_backbones, tmp_path):
     assert counts["fpt"] < 0.8 * counts["all"]
 
 
-@pytest.mark.parametrize("loop", [bench_fpt, bench_reference])
+PEAKS = {"fp32": 1e12, "bf16": 1e12}
+
+
+def _bench_fpt(cfg, **kw):
+    return bench_fpt(cfg, peaks=PEAKS, **kw)
+
+
+def _bench_reference(cfg, **kw):
+    return bench_reference(cfg, peak=PEAKS["fp32"], **kw)
+
+
+@pytest.mark.parametrize("loop", [_bench_fpt, _bench_reference])
 def test_loops_report_finite_figures(tiny_backbones, tmp_path, loop):
-    fig = loop(_cfg(tiny_backbones["bert"], tmp_path), steps=2, warmup=1, eval_batches=1, peak=1e12)
+    fig = loop(_cfg(tiny_backbones["bert"], tmp_path), steps=2, warmup=1, eval_batches=1)
     assert fig.train_steps_per_s > 0 and fig.eval_tokens_per_s > 0 and fig.peak_memory_mb > 0
     assert fig.flops_per_step > 0 and 0 < fig.mfu < 1
     # tokens/s is steps/s times batch x sequence length (bit-xor: 10 tokens)
@@ -46,8 +57,8 @@ def test_reference_counts_the_same_flops_as_fpt_in_fp32(tiny_backbones, tmp_path
     """Two micro-batches of 16 do the work of one batch of 32: the speedup is not less work (fpt's loop with
     every block in full, as the reference runs them)."""
     cfg = _cfg(tiny_backbones["gpt2"], tmp_path, dropout=0.0, attn_implementation="eager", last_block_at_readout=False)
-    ours = bench_fpt(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
-    ref = bench_reference(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
+    ours = _bench_fpt(cfg, steps=1, warmup=0, eval_batches=1)
+    ref = _bench_reference(cfg, steps=1, warmup=0, eval_batches=1)
     assert ours.flops_per_step == pytest.approx(ref.flops_per_step, rel=0.02)
 
 
@@ -81,10 +92,12 @@ def test_bench_command_prints_both_loops_and_the_ratio(tiny_backbones, tmp_path,
     out = tmp_path / "bench.json"
     printed, result = _bench_command(tiny_backbones["gpt2"], out, capsys,
                                      "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1")
+    # the default rows: auto (fp32 in tests: conftest.py), plain and compiled, then the reference
     assert [(loop["name"], loop["compiled"]) for loop in result["loops"]] == [
-        ("fpt", False), ("fpt", False), ("fpt", True), ("reference", False)]
-    assert list(result["speedup_train"]) == ["fp32", "bf16", "bf16+compile"]
-    assert "speedup over the reference loop (bf16+compile)" in printed
+        ("fpt", False), ("fpt", True), ("reference", False)]
+    assert list(result["speedup_train"]) == ["auto=fp32", "auto=fp32+compile"]
+    assert "precision auto picked fp32 on this device" in printed
+    assert "speedup over the reference loop (auto=fp32+compile)" in printed
     assert json.loads(out.read_text()) == result
 
 
@@ -99,7 +112,7 @@ def test_default_bench_skips_the_compiled_row_without_a_cpp_compiler(tiny_backbo
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     printed, result = _bench_command(tiny_backbones["gpt2"], tmp_path / "b.json", capsys, "--no-reference",
                                      "--bench-steps", "1", "--warmup", "0", "--eval-batches", "1")
-    assert [loop["compiled"] for loop in result["loops"]] == [False, False]
+    assert [loop["compiled"] for loop in result["loops"]] == [False]
     assert "skipping the +compile rows: --compile on the CPU needs a C++ compiler" in printed
     code = main(["bench", "--task", "bit-xor", "--backbone", tiny_backbones["gpt2"], "--init", "random",
                  "--precisions", "bf16+compile", "--no-reference", "--bench-steps", "1", "--warmup", "0"])
@@ -146,7 +159,7 @@ def test_train_to_accuracy_stops_at_the_target(tiny_backbones, tmp_path, loop):
     assert low["seconds_to_target"] == low["curve"][0]["seconds"] > 0
     high = train_to_accuracy(cfg, loop, 1.0, log=lambda _: None)  # 6 steps do not learn Bit XOR perfectly
     assert not high["reached"] and [p["step"] for p in high["curve"]] == [2, 4, 6]
-    assert high["precision"] == ("fp32" if loop == "reference" else cfg.precision)
+    assert high["precision"] == "fp32"  # the reference always; fpt at auto, fp32 in tests (conftest.py)
 
 
 def test_time_to_accuracy_command(tiny_backbones, tmp_path, capsys):

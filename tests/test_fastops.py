@@ -1,6 +1,7 @@
 """fpt's CPU fast path (fpt/fastops.py): the same math as transformers' eager attention and torch's dropout."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +128,31 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
         monkeypatch.setenv("FPT_NATIVE", "0")
         native.kernels.cache_clear()
         assert native.kernels("hash_dropout") is None  # turned off: no build tried, no warning
+    finally:
+        native.kernels.cache_clear()
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
+def test_kernels_built_without_avx512_bf16_fall_back_with_one_warning(monkeypatch, tmp_path):
+    """A CPU without AVX512-BF16, on any host: `-mno-avx512bf16` builds short_attention.c without its
+    kernels (only its probes). It counts as unavailable, with one warning naming the cause, never an
+    AttributeError; hash dropout, which needs no bf16 instructions, still builds and runs; the model's
+    attention takes the torch path."""
+    monkeypatch.setenv("FPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("FPT_CFLAGS", "-mno-avx512bf16")
+    native.kernels.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="short_attention.*unavailable on this CPU.*lacks fpt_short_attention"):
+            assert native.kernels("short_attention") is None
+        assert fo._short_attention_kernels() is None
+        assert native.kernels("hash_dropout") is not None
+        x = torch.randn(1000)
+        assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
+                           torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
+        q = torch.randn(2, 3, 32, 16).bfloat16()
+        assert not fo.short_attention_fits(q, q, q, None)
+        out, _ = fo.cpu_attention(SimpleNamespace(training=False, is_causal=False), q, q, q, None, scaling=0.25)
+        assert out.shape == (2, 32, 3, 16)
     finally:
         native.kernels.cache_clear()
 
@@ -429,8 +455,6 @@ def test_short_attention_compiled_is_eager(short_attention_kernel):
 
 def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeypatch):
     """No build (no compiler, FPT_NATIVE=0) or no AVX512-BF16: cpu_attention runs the eager math instead."""
-    from types import SimpleNamespace
-
     monkeypatch.setattr(native, "kernels", lambda name: None)
     module = SimpleNamespace(training=False, is_causal=False)
     q = torch.randn(2, 3, 32, 16).bfloat16()
