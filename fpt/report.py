@@ -22,8 +22,8 @@ PAPER_COLUMNS = {"bit-memory": "bit_memory", "bit-xor": "bit_xor", "listops": "l
                  "cifar10": "cifar10", "cifar10-lra": "cifar10_lra", "homology": "remote_homology"}
 CSV_FIELDS = ["row", "task", "seed", "lr", "status", "steps", "test_accuracy", "val_accuracy",
               "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "trainable_params",
-              "total_params", "wall_time_s", "backbone", "init", "train", "weights_sha256", "device", "run_dir",
-              "error"]
+              "total_params", "wall_time_s", "backbone", "init", "train", "precision", "majority_test_accuracy",
+              "weights_sha256", "device", "run_dir", "error"]
 
 
 def paper_figure(paper_row: str | None, task: str) -> str:
@@ -47,6 +47,8 @@ def collect(out: Path) -> list[dict]:
             res = json.loads((run_dir / "result.json").read_text())
             rec.update({k: res.get(k) for k in CSV_FIELDS if k in res})
             rec["train"] = ",".join(res.get("train", []))
+            rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "data_notes",
+                                                 "majority_test_accuracy")})
         elif (run_dir / "error.json").exists():
             rec.update(status="error", error=json.loads((run_dir / "error.json").read_text())["error"])
         else:
@@ -91,20 +93,22 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f} (n={len(pct)})"
 
 
-def write_table(matrix, records: list[dict], path: Path, *, budget: str | None = None) -> str:
-    """Markdown: mean ± std test accuracy (%) over seeds per cell, the paper's figure beside it."""
+def _target(budget: str | None, task: str) -> float | None:
+    from fpt.budgets import BUDGETS
+
+    tb = BUDGETS.get(budget or "", {}).get(task)
+    return tb.target_accuracy if tb is not None else None
+
+
+def summarize(matrix, records: list[dict], budget: str | None) -> dict:
+    """Per (row, task): the cell's text and what it rests on; per task: the majority-class baseline.
+
+    A cell is a measured number (mean ± std over seeds), marked † where no seed's validation accuracy
+    reached the budget's target (not converged at this budget), or "not run: <reason>".
+    """
     chosen = select_lr(records)
-    lines = [f"# {matrix.name}" + (f" (paper {matrix.paper_table})" if matrix.paper_table else ""), ""]
-    if matrix.description:
-        lines += [matrix.description, ""]
-    lines += ["Test accuracy (%) on the full test split, mean ± std over seeds (n = seeds); "
-              "[paper: figure] is the paper's. Learning rate chosen per cell on validation accuracy "
-              "where several were run.", ""]
-    lines.append("| row | " + " | ".join(matrix.tasks) + " |")
-    lines.append("|---|" + "---|" * len(matrix.tasks))
-    notes = []
+    cells, notes = {}, []
     for row in matrix.rows:
-        cells = []
         for task in matrix.tasks:
             rs = [r for r in records if r["row_slug"] == row.slug and r["task"] == task]
             lr = chosen.get((row.slug, task))
@@ -112,26 +116,122 @@ def write_table(matrix, records: list[dict], path: Path, *, budget: str | None =
                     and r.get("status") in ("finished", "early_stopped")]
             diverged = [r for r in rs if r.get("status") == "diverged"]
             errors = [r for r in rs if r.get("status") == "error"]
-            text = _cell([r["test_accuracy"] for r in done])
-            if diverged:
-                text += f" ({len(diverged)} diverged)"
-            if errors and not done:
-                text = "not run"
+            target = _target(budget, task)
+            if done:
+                text = _cell([r["test_accuracy"] for r in done])
+                if target is not None and all((r.get("best_val_accuracy") or 0) < target for r in done):
+                    text += " †"
+            elif errors:
+                text = "not run: failed"
                 notes.append(f"- {row.name} / {task}: {errors[0]['error']}")
-            if not rs:
-                text = "skipped"
+            elif diverged:
+                text = "diverged"
+            elif rs:
+                text = "not run: incomplete (a rerun resumes it)"
+            elif target is None:
+                text = f"not run: budget {budget} does not cover {task}" if budget else "not run"
+            else:
+                text = "not run: queued (the sweep resumes it)"
+            if diverged and done:
+                text += f" ({len(diverged)} diverged)"
             if lr is not None and len({r['lr'] for r in rs}) > 1:
                 text += f" @lr {lr:g}"
-            paper = paper_figure(row.paper_row, task)
-            cells.append(text + (f" [paper: {paper}]" if paper else ""))
+            cells[(row.name, task)] = {"text": text, "paper": paper_figure(row.paper_row, task),
+                                       "minutes": [r["wall_time_s"] / 60 for r in done if r.get("wall_time_s")]}
+    majority = {}
+    for task in matrix.tasks:
+        values = [r["majority_test_accuracy"] for r in records
+                  if r["task"] == task and r.get("majority_test_accuracy") is not None]
+        majority[task] = f"{100 * values[0]:.1f}" if values else "–"
+    return {"cells": cells, "majority": majority, "notes": notes}
+
+
+def _run_notes(matrix, records: list[dict]) -> list[str]:
+    """What a reader must know to trust the numbers: each row's body, the hosts, data subsets."""
+    notes = []
+    for row in matrix.rows:
+        archs = {json.dumps(r["architecture"], sort_keys=True) for r in records
+                 if r["row_slug"] == row.slug and r.get("architecture")}
+        for a in sorted(archs):
+            a = json.loads(a)
+            body = (f"{a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
+                    + (f", {a['heads']} heads" if a.get("heads") else ""))
+            notes.append(f"- {row.name}: {body}; {row.config.get('init', 'pretrained')} init, "
+                         f"training {','.join(sorted({r['train'] for r in records if r['row_slug'] == row.slug}))}.")
+    hosts = sorted({f"{r['host']['cpu']} ({'native bf16' if r['host']['native_bf16'] else 'no native bf16'})"
+                    for r in records if r.get("host")})
+    precisions = sorted({r["precision"] for r in records if r.get("precision")})
+    if hosts:
+        notes.append(f"- Measured on: {'; '.join(hosts)}; precision {', '.join(precisions)}.")
+    for note in sorted({f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
+        notes.append(f"- {note}.")
+    return notes
+
+
+def table_lines(matrix, summary: dict) -> list[str]:
+    """The accuracy table: rows x tasks, each cell ours [paper: figure], then the majority baseline."""
+    lines = ["| row | " + " | ".join(matrix.tasks) + " |", "|---|" + "---|" * len(matrix.tasks)]
+    for row in matrix.rows:
+        cells = []
+        for task in matrix.tasks:
+            c = summary["cells"][(row.name, task)]
+            cells.append(c["text"] + (f" [paper: {c['paper']}]" if c["paper"] else ""))
         lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
-    if notes:
-        lines += ["", "Cells not run:"] + sorted(set(notes))
-    lines += ["", "Skipped cells were not run: tasks the budget does not cover"
-              + (f" (budget {budget})" if budget else "") + ", or rows and tasks left out with --rows / --tasks."]
+    lines.append("| majority class (test split) | " + " | ".join(summary["majority"][t] for t in matrix.tasks)
+                 + " |")
+    return lines
+
+
+def write_table(matrix, records: list[dict], path: Path, *, budget: str | None = None) -> str:
+    """Markdown: mean ± std test accuracy (%) over seeds per cell, the paper's figure beside it."""
+    summary = summarize(matrix, records, budget)
+    lines = [f"# {matrix.name}" + (f" (paper {matrix.paper_table})" if matrix.paper_table else ""), ""]
+    if matrix.description:
+        lines += [matrix.description, ""]
+    lines += ["Test accuracy (%), mean ± std over seeds (n = seeds); [paper: figure] is the paper's. "
+              "† not converged: no seed's validation accuracy reached the budget's target"
+              + (f" (budget {budget}, fpt/budgets.py)" if budget else "")
+              + ". Learning rate chosen per cell on validation accuracy where several were run.", ""]
+    lines += table_lines(matrix, summary)
+    lines += ["", "Wall time per run (minutes, mean over seeds):", "",
+              "| row | " + " | ".join(matrix.tasks) + " |", "|---|" + "---|" * len(matrix.tasks)]
+    for row in matrix.rows:
+        minutes = [summary["cells"][(row.name, t)]["minutes"] for t in matrix.tasks]
+        lines.append(f"| {row.name} | " + " | ".join(f"{statistics.mean(m):.1f}" if m else "–" for m in minutes)
+                     + " |")
+    run_notes = _run_notes(matrix, records)
+    if run_notes:
+        lines += ["", "Notes:"] + run_notes
+    if summary["notes"]:
+        lines += ["", "Cells that failed:"] + sorted(set(summary["notes"]))
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
+
+
+README_START = "<!-- fpt report {out}: generated, do not edit -->"
+README_END = "<!-- end of fpt report {out} -->"
+
+
+def readme_block(out: Path) -> str:
+    """The README's copy of a sweep's accuracy table, from its run files (`fpt report DIR --readme`)."""
+    out = Path(out)
+    matrix = _load_matrix(out)
+    meta = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
+    summary = summarize(matrix, collect(out), meta.get("budget"))
+    return "\n".join(table_lines(matrix, summary))
+
+
+def update_readme(readme: Path, out: str) -> bool:
+    """Replace the generated block for `out` in `readme`; False when the README has no such block."""
+    text = readme.read_text()
+    start, end = README_START.format(out=out), README_END.format(out=out)
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{readme_block(Path(out))}\n{end}{tail}")
+    return True
 
 
 def steps_to_reach(metrics_path: Path, target: float) -> int | None:

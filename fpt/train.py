@@ -33,7 +33,7 @@ from fpt.precision import autocast
 from fpt.precision import resolve as resolve_precision
 from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
 from fpt.tasks import Batch, TaskData, build_task
-from fpt.utils import (device_name, keep_freed_cpu_memory, pick_device, seed_everything, torch_save_atomic,
+from fpt.utils import (device_name, host_kind, keep_freed_cpu_memory, pick_device, seed_everything, torch_save_atomic,
                        versions, write_json_atomic)
 
 CHECKPOINT = "checkpoint.pt"
@@ -440,7 +440,8 @@ def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status
         "test_loss": last.get("test_loss"),
         "best_val_accuracy": state["best_val"] if state["best_val"] >= 0 else None,
         "best_step": state["best_step"], "test_accuracy_at_best_val": state["test_at_best"],
-        "wall_time_s": round(wall, 2), "device": device_name(exp.device),
+        "wall_time_s": round(wall, 2), "device": device_name(exp.device), "host": host_kind(),
+        "majority_test_accuracy": majority_accuracy(exp.data, "test"),
         "precision": cfg.precision, "precision_auto": exp.precision_info,
         "backbone_source": exp.backbone.source if exp.backbone is not None else cfg.model,
         "weights_sha256": weights_sha,
@@ -451,6 +452,17 @@ def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status
         "param_groups": counts["groups"], "versions": versions(), "config": cfg.to_dict(),
         "run_dir": str(run_dir),
     }
+
+
+def majority_accuracy(data: TaskData, split: str) -> float | None:
+    """Accuracy of always predicting each target's most common label in `split`: the floor a result
+    must clear to show that anything was learned (bit tasks: about 0.5; ListOps: about 0.17)."""
+    if split not in data.splits:
+        return None
+    y = data.splits[split].y.reshape(len(data.splits[split].y), -1)  # (N, targets)
+    if not len(y):
+        return None
+    return round(float(sum(torch.bincount(col).max() for col in y.T.long()) / y.numel()), 4)
 
 
 def _architecture(exp: Experiment) -> dict:

@@ -88,6 +88,21 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def host_kind() -> dict[str, object]:
+    """The CPU a figure was measured on: its model name and whether it has native bf16 (AVX512-BF16 or
+    AMX), which decides bf16's speed several-fold (fpt/precision.py)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags().split()
+    return {"cpu": name, "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags}
+
+
 def versions() -> dict[str, str]:
     import transformers
 

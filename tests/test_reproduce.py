@@ -79,6 +79,11 @@ def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
     assert {r["status"] for r in rows if r["row"] == "Exploding"} == {"diverged"}
     table = (out / "table.md").read_text()
     assert "± " in table and "(n=2)" in table and "[paper: 100]" in table and "diverged" in table
+    # every cell is a number or says why not; the majority baseline beside; what the bodies were
+    assert table.count("not run: budget smoke does not cover mnist") == 3
+    majority = next(line for line in table.splitlines() if line.startswith("| majority class"))
+    assert majority.split("|")[2].strip() not in ("", "–") and majority.split("|")[3].strip() == "–"
+    assert "- Pretrained: gpt2 (pre-LN), 2 layers x 64, 2 heads" in table and "Measured on:" in table
 
     # rerun: finished runs are skipped, a half-done one resumes from its checkpoint
     done = out / "runs" / "pretrained" / "bit-xor" / "lr0.001-seed0"
@@ -112,3 +117,41 @@ def test_shipped_matrices_parse():
     for name in ("table1", "pretraining", "params", "frozen-vs-unfrozen", "model-size", "layernorm", "compute"):
         m = load_matrix(name)
         assert m.rows and m.tasks
+
+
+def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_matrix, tmp_path, capsys):
+    from fpt.report import README_END, README_START, readme_block
+
+    out = tmp_path / "out"
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--out", str(out), "--quiet",
+                 "--rows", "Random"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_START.format(out=out)}\nstale\n{README_END.format(out=out)}\n\nafter\n")
+    assert main(["report", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and readme_block(out) in text and text.endswith("\n\nafter\n")
+    # rows left out this time are queued: the same sweep without --rows runs them
+    assert "| Pretrained | not run: queued (the sweep resumes it) [paper: 100] | not run: budget smoke" in text
+    other = tmp_path / "OTHER.md"
+    other.write_text("no block here\n")
+    capsys.readouterr()
+    assert main(["report", str(out), "--readme", str(other)]) == 2
+    assert "has no generated block" in capsys.readouterr().err and other.read_text() == "no block here\n"
+
+
+def test_readme_tables_are_the_committed_results():
+    """Every results table in README.md is what `fpt report` makes from the files under results/: a
+    number in it is never typed by hand (`fpt report DIR --readme README.md` rewrites it)."""
+    import re
+    from pathlib import Path
+
+    from fpt.report import README_END, readme_block
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    blocks = re.findall(r"<!-- fpt report (\S+): generated, do not edit -->\n(.*?)\n<!-- end of fpt report", text, re.S)
+    assert blocks, "README.md has no generated results table"
+    for out, block in blocks:
+        assert README_END.format(out=out) in text
+        assert (root / out / "matrix.yaml").exists(), f"README quotes {out}, which holds no committed sweep"
+        assert block == readme_block(root / out), f"README's table for {out} differs from `fpt report {out}`"

@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
 
     r = sub.add_parser("report", help="rebuild results.csv, table.md and plots from a reproduce folder")
     r.add_argument("out", help="the --out folder of `fpt reproduce`")
+    r.add_argument("--readme", metavar="FILE",
+                   help="also rewrite FILE's generated block for this folder (README.md: its results table)")
     r.set_defaults(func=run_report)
 
 
@@ -103,7 +105,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from fpt.report import report
+    from fpt.errors import FPTError
+    from fpt.report import README_START, report, update_readme
 
     print(report(Path(args.out)))
+    if args.readme:
+        if not update_readme(Path(args.readme), args.out):
+            raise FPTError(f"{args.readme} has no generated block for {args.out}: add the two lines "
+                           f"{README_START.format(out=args.out)!r} and its end marker where the table goes")
+        print(f"updated the table for {args.out} in {args.readme}")
     return 0
