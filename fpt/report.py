@@ -126,12 +126,10 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
                 notes.append(f"- {row.name} / {task}: {errors[0]['error']}")
             elif diverged:
                 text = "diverged"
-            elif rs:
-                text = "not run: incomplete (a rerun resumes it)"
-            elif target is None:
+            elif target is None and not rs:
                 text = f"not run: budget {budget} does not cover {task}" if budget else "not run"
-            else:
-                text = "not run: queued (the sweep resumes it)"
+            else:  # planned, or in progress on some machine: the same sweep runs or resumes it
+                text = "not run yet"
             if diverged and done:
                 text += f" ({len(diverged)} diverged)"
             if lr is not None and len({r['lr'] for r in rs}) > 1:
@@ -150,14 +148,18 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
     """What a reader must know to trust the numbers: each row's body, the hosts, data subsets."""
     notes = []
     for row in matrix.rows:
-        archs = {json.dumps(r["architecture"], sort_keys=True) for r in records
-                 if r["row_slug"] == row.slug and r.get("architecture")}
-        for a in sorted(archs):
+        mine = [r for r in records if r["row_slug"] == row.slug and r.get("architecture")]
+        for a in sorted({json.dumps(r["architecture"], sort_keys=True) for r in mine}):
             a = json.loads(a)
-            body = (f"{a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
-                    + (f", {a['heads']} heads" if a.get("heads") else ""))
-            notes.append(f"- {row.name}: {body}; {row.config.get('init', 'pretrained')} init, "
-                         f"training {','.join(sorted({r['train'] for r in records if r['row_slug'] == row.slug}))}.")
+            groups = set(",".join(r["train"] for r in mine if r.get("train")).split(","))
+            trained = "every weight trained" if {"attention", "feedforward"} <= groups or a["kind"] == "LSTMBody" \
+                else f"training {','.join(sorted(groups))}, the rest frozen"
+            if a["kind"] == "LSTMBody":
+                notes.append(f"- {row.name}: LSTM, {a['layers']} layers x {a['width']}; {trained}.")
+                continue
+            inits = ", ".join(sorted({r["init"] for r in mine if r.get("init")}))
+            notes.append(f"- {row.name}: {a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
+                         + (f", {a['heads']} heads" if a.get("heads") else "") + f"; {inits} init; {trained}.")
     hosts = sorted({f"{r['host']['cpu']} ({'native bf16' if r['host']['native_bf16'] else 'no native bf16'})"
                     for r in records if r.get("host")})
     precisions = sorted({r["precision"] for r in records if r.get("precision")})
@@ -214,12 +216,25 @@ README_END = "<!-- end of fpt report {out} -->"
 
 
 def readme_block(out: Path) -> str:
-    """The README's copy of a sweep's accuracy table, from its run files (`fpt report DIR --readme`)."""
+    """The README's copy of a sweep's results, from its run files (`fpt report DIR --readme`): one line
+    per task (the command that measures it, ours beside the paper's per row, the majority baseline,
+    minutes per run), so it reads as command -> paper figure -> our figure -> time."""
     out = Path(out)
     matrix = _load_matrix(out)
     meta = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
-    summary = summarize(matrix, collect(out), meta.get("budget"))
-    return "\n".join(table_lines(matrix, summary))
+    budget = meta.get("budget")
+    summary = summarize(matrix, collect(out), budget)
+    lines = ["| task | " + " | ".join(row.name for row in matrix.rows) + " | majority class | minutes a run |",
+             "|---|" + "---|" * (len(matrix.rows) + 2)]
+    for task in matrix.tasks:
+        cells = [summary["cells"][(row.name, task)] for row in matrix.rows]
+        texts = [c["text"].replace(" (n=1)", "") + (f" [{c['paper']}]" if c["paper"] else "") for c in cells]
+        minutes = [statistics.mean(c["minutes"]) for c in cells if c["minutes"]]
+        span = (f"{min(minutes):.0f}" if max(minutes) - min(minutes) < 1 else f"{min(minutes):.0f}-{max(minutes):.0f}") \
+            if minutes else "–"
+        command = f"`fpt reproduce {matrix.name} --budget {budget} --tasks {task}`" if budget else task
+        lines.append(f"| {task}: {command} | " + " | ".join(texts) + f" | {summary['majority'][task]} | {span} |")
+    return "\n".join(lines)
 
 
 def update_readme(readme: Path, out: str) -> bool:

@@ -131,7 +131,8 @@ def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_m
     text = readme.read_text()
     assert "stale" not in text and readme_block(out) in text and text.endswith("\n\nafter\n")
     # rows left out this time are queued: the same sweep without --rows runs them
-    assert "| Pretrained | not run: queued (the sweep resumes it) [paper: 100] | not run: budget smoke" in text
+    assert "| bit-xor: `fpt reproduce tiny --budget smoke --tasks bit-xor` | not run yet [100] | " in text
+    assert "| mnist: `fpt reproduce tiny --budget smoke --tasks mnist` | not run: budget smoke does not cover mnist" in text
     other = tmp_path / "OTHER.md"
     other.write_text("no block here\n")
     capsys.readouterr()
