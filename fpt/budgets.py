@@ -11,6 +11,8 @@ device runs it faster, fp32 elsewhere.
          roughly 3-5x that without). The recipes, and why each differs from the paper's where it does,
          are beside each entry. The 512- to 2000-token tasks cannot converge in that time: their rows
          are "not converged" in the report, beside the majority-class baseline.
+- gpu:   every task in about 10 minutes on one H100 (tools/gpu_results.sh runs the four table1 rows side by
+         side); the same recipes as cpu, more examples per run.
 - paper: the paper's step counts (Table 6's steps to converge, rounded up), for a GPU.
 """
 from __future__ import annotations
@@ -70,6 +72,20 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
         # NOTE: proteins up to 1024 residues (median 134), batches trimmed to their longest (about 345 for
         # 8); 1,195 fold classes, and the paper's 1e5 steps are far out of reach: one epoch is 1,540 steps.
         "homology": TaskBudget(steps=1500, eval_every=750, batch_size=8, target_accuracy=0.12),
+    },
+    # NOTE: one H100/H200 for about 10 minutes with the four table1 rows as four processes side by side
+    # (tools/gpu_results.sh); steps are host-bound there (10-15 ms a step for MiniLM, eager), so the long
+    # tasks get full batches and the image tasks half the cpu budget's steps at twice the batch.
+    "gpu": {
+        "bit-xor": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
+        "bit-memory": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99),
+        "listops": TaskBudget(steps=2000, eval_every=500, target_accuracy=0.38, task_options={"paper_pipeline": True}),
+        "mnist": TaskBudget(steps=4000, eval_every=1000, batch_size=64, target_accuracy=0.97,
+                            lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "cifar10": TaskBudget(steps=4000, eval_every=1000, batch_size=64, target_accuracy=0.68,
+                              lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "cifar10-lra": TaskBudget(steps=2000, eval_every=1000, target_accuracy=0.38),
+        "homology": TaskBudget(steps=2000, eval_every=1000, target_accuracy=0.12),
     },
     "paper": {
         "bit-xor": TaskBudget(steps=20_000, eval_every=500, target_accuracy=1.0),

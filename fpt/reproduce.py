@@ -130,6 +130,8 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                         values.setdefault("warmup_steps", tb.warmup_steps)
                     if tb.dropout is not None:
                         values.setdefault("dropout", tb.dropout)
+                    if int(values.get("warmup_steps", 0)) >= tb.steps:  # a row's warm-up in a short budget (smoke)
+                        values["warmup_steps"] = tb.steps // 10
                     if tb.task_options:
                         values["task_options"] = {**tb.task_options, **values.get("task_options", {})}
                     try:

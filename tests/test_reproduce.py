@@ -156,3 +156,15 @@ def test_readme_tables_are_the_committed_results():
         assert README_END.format(out=out) in text
         assert (root / out / "matrix.yaml").exists(), f"README quotes {out}, which holds no committed sweep"
         assert block == readme_block(root / out), f"README's table for {out} differs from `fpt report {out}`"
+
+
+@pytest.mark.parametrize("budget", ["smoke", "cpu", "gpu", "paper"])
+def test_table1_plans_every_row_in_every_budget(budget, tmp_path):
+    """Each shipped budget plans every table1 row (a row's own warm-up is capped in a shorter budget),
+    and every cpu/gpu/paper task is covered: 28 cells."""
+    runs = plan(load_matrix("table1"), budget=budget, seeds=1, out=tmp_path)
+    planned = [r for r in runs if r.config is not None]
+    assert {r.row.name for r in planned} == {"FPT", "Random init", "Full transformer", "Full LSTM"}
+    assert all(r.config.warmup_steps < r.config.steps for r in planned)
+    if budget != "smoke":
+        assert len(planned) == 28 and all(r.config.precision == "auto" for r in planned)
