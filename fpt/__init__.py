@@ -2,6 +2,7 @@
 
     import fpt
     result = fpt.train(fpt.TrainConfig(task="bit-xor", backbone="minilm", steps=500))
+    run = fpt.load_run(result["run_dir"])  # the trained model, for run.evaluate("test") or run.predict(FILE)
 """
 __version__ = "0.1.0"
 
@@ -23,6 +24,10 @@ def __getattr__(name):
         from fpt.backbones import load_backbone
 
         return load_backbone
+    if name == "load_run":
+        from fpt.inference import load_run
+
+        return load_run
     if name == "build_task":
         from fpt.tasks import build_task
 
@@ -31,4 +36,4 @@ def __getattr__(name):
 
 
 __all__ = ["TrainConfig", "FPTError", "train", "evaluate", "build_experiment", "build_fpt",
-           "apply_trainable", "count_parameters", "load_backbone", "build_task"]
+           "apply_trainable", "count_parameters", "load_backbone", "build_task", "load_run"]

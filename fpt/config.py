@@ -2,7 +2,8 @@
 
 Unknown keys and wrong types raise. The resolved config is written beside a
 run's outputs (`RUN_DIR/config.yaml`), so every result says how it was made.
-CLI flags are generated from the fields below, so a new field is a new flag.
+CLI flags are generated from the fields below, so a new field is a new flag; each field's
+metadata holds its help text and choices, which `--help` shows.
 """
 from __future__ import annotations
 
@@ -26,57 +27,105 @@ BENCH_VARIANTS = ("auto", "auto+compile")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # those of COMPILE_MODES that replay CUDA graphs
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run. Paper defaults unless noted."""
 
-    task: str = "bit-xor"
-    model: str = "fpt"  # model row (fpt/bodies.py MODELS): fpt (a transformer backbone) | lstm
-    backbone: str = "minilm"  # a registry name or a local Hugging Face checkpoint folder
-    init: str = "pretrained"  # pretrained | random | stats
-    # parameter groups that learn ("fpt", "all", or a list); None: the model row's default
-    # (fpt: the FPT groups, plus lora when lora_r > 0; lstm: all)
-    train: tuple[str, ...] | None = None
-    layers: int | None = None  # keep the first N residual blocks (or N LSTM layers); None: all
-    lora_r: int = 0  # rank of peft LoRA adapters on the frozen body; 0: none
-    lora_targets: tuple[str, ...] = ("attention",)  # groups whose linear layers get LoRA (+ feedforward)
-    cache_features: bool = False  # output-only: compute body features once per example, train the head
-    export_backbone: str | None = None  # after training, save the (trained) body here as a HF checkpoint
-    steps: int = 2000  # gradient steps
-    batch_size: int = 32
-    lr: float = 1e-3  # Adam; the peak rate when a schedule is set
-    # constant (the paper) | cosine | linear: decay from lr to 0 at `steps`, after `warmup_steps` of
-    # linear warm-up. The rate is a function of the step alone, so a resumed run continues it exactly.
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    dropout: float = 0.1
-    eval_every: int = 200  # steps between evaluations (and checkpoints)
-    eval_batch_size: int = 256
-    early_stop: float | None = None  # stop once validation accuracy reaches this (e.g. 1.0)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/precision.py), else fp32;
-    # bf16 is autocast: parameters and optimizer state stay fp32
-    precision: str = "auto"
-    # auto: on the CPU fpt's attention (fpt/fastops.py: eager math with cheaper dropout, torch's fused
-    # kernel from 512 keys when no attention dropout applies), sdpa (fused, flash) on GPUs; eager:
-    # transformers' own
-    attn_implementation: str = "auto"  # auto | sdpa | eager
-    # compute the last block only at the tokens the output layer reads (fpt/readout.py; the same math,
-    # about 1/7 less work for MiniLM on MNIST); off for attention maps of the whole last block
-    last_block_at_readout: bool = True
-    compile: bool = False  # torch.compile the model in place (7-9% a step at 64 tokens on the 2-core CPU)
-    # torch.compile's mode; reduce-overhead replays CUDA graphs, for GPU steps bound by the host issuing
-    # kernels (H200, GPT-2 shape, 64 tokens x 32: 13.9 -> 7.3 ms a step; docs/performance.md)
-    compile_mode: str = "default"
-    patch_size: int | None = None  # None: the task's default
-    task_options: dict = field(default_factory=dict)  # task-specific options
-    data_dir: str | None = None  # else $FPT_DATA, else ./data
-    run_dir: str | None = None  # None: runs/<task>-<backbone>-<init>-seed<seed>
+    task: str = field(default="bit-xor", metadata={
+        "help": "a registered task (`fpt tasks list`) or your own data as a task file, FILE.yaml "
+                "(format image_folder, csv or npz; fpt/tasks/custom.py)",
+        "choices_from": "tasks"})
+    model: str = field(default="fpt", metadata={
+        "help": "the model (fpt/bodies.py): fpt, a transformer backbone as the body; lstm, the paper's LSTM baseline",
+        "choices_from": "models"})
+    backbone: str = field(default="minilm", metadata={
+        "help": "a registered backbone (`fpt backbones list`) or a local Hugging Face checkpoint folder",
+        "choices_from": "backbones"})
+    init: str = field(default="pretrained", metadata={
+        "help": "the body's weights: pretrained; random (a fresh init); stats (each tensor redrawn from the "
+                "mean and std of the pretrained one, the paper's Table 9)",
+        "choices_from": "inits"})
+    train: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "parameter groups that learn, comma-separated: fpt (input, output, positions, layernorm), all, "
+                "none, or named groups; unset: the model row's default (fpt: the FPT groups, plus lora when "
+                "--lora-r > 0; lstm: all)",
+        "choices_from": "groups", "metavar": "GROUPS"})
+    layers: int | None = field(default=None, metadata={
+        "help": "keep the first N residual blocks (or N LSTM layers); unset: all", "metavar": "N"})
+    lora_r: int = field(default=0, metadata={
+        "help": "rank of peft LoRA adapters on the frozen body (needs the lora group in --train); 0: none",
+        "metavar": "R"})
+    lora_targets: tuple[str, ...] = field(default=("attention",), metadata={
+        "help": "groups whose linear layers get LoRA adapters, comma-separated",
+        "choices_from": "lora_targets", "metavar": "GROUPS"})
+    cache_features: bool = field(default=False, metadata={
+        "help": "with --train output: compute the body's features once per distinct example and train the "
+                "output layer on the cache"})
+    export_backbone: str | None = field(default=None, metadata={
+        "help": "after training, save the (trained) body to this folder as a Hugging Face checkpoint",
+        "metavar": "FOLDER"})
+    steps: int = field(default=2000, metadata={"help": "gradient steps", "metavar": "N"})
+    batch_size: int = field(default=32, metadata={
+        "help": "examples per gradient step, all processes together under --nproc", "metavar": "N"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam's learning rate; the peak rate when a schedule is set"})
+    # NOTE: the rate is a function of the step alone, so a resumed run continues its schedule exactly
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant (the paper's); cosine or linear: decay from --lr to 0 at --steps, after "
+                "--warmup-steps of linear warm-up",
+        "choices": LR_SCHEDULES})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "steps of linear warm-up from 0 to --lr (any schedule)", "metavar": "N"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam's weight decay (L2)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm; 0 disables clipping"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability in the body, in [0, 1)"})
+    eval_every: int = field(default=200, metadata={
+        "help": "steps between evaluations (and checkpoints)", "metavar": "N"})
+    eval_batch_size: int = field(default=256, metadata={"help": "examples per evaluation batch", "metavar": "N"})
+    early_stop: float | None = field(default=None, metadata={
+        "help": "stop once validation accuracy reaches this (e.g. 1.0); unset: run every step", "metavar": "ACC"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, batches and dropout"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/precision.py), else fp32; "
+                "bf16 is autocast: parameters and optimizer state stay fp32",
+        "choices": PRECISIONS})
+    # auto on the CPU is fpt's attention (fpt/fastops.py: eager math with cheaper dropout, torch's fused
+    # kernel from 512 keys when no attention dropout applies)
+    attn_implementation: str = field(default="auto", metadata={
+        "help": "auto: fpt's attention on the CPU (fpt/fastops.py), sdpa on GPUs; sdpa: torch's fused kernels; "
+                "eager: transformers' own",
+        "choices": ATTN_IMPLEMENTATIONS})
+    # about 1/7 less work for MiniLM on MNIST
+    last_block_at_readout: bool = field(default=True, metadata={
+        "help": "compute the last block only at the tokens the output layer reads (fpt/readout.py; the same "
+                "math, less work); off for attention maps of the whole last block"})
+    # 7-9% a step at 64 tokens on the 2-core CPU
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model in place (on the CPU this needs a C++ compiler)"})
+    # reduce-overhead on an H200, GPT-2 shape, 64 tokens x 32: 13.9 -> 7.3 ms a step; docs/performance.md
+    compile_mode: str = field(default="default", metadata={
+        "help": "torch.compile's mode (needs --compile); reduce-overhead replays CUDA graphs, for GPU steps "
+                "bound by the host issuing kernels",
+        "choices": COMPILE_MODES})
+    patch_size: int | None = field(default=None, metadata={
+        "help": "values per input token (a patch); unset: the task's default", "metavar": "N"})
+    task_options: dict = field(default_factory=dict, metadata={
+        "help": "task-specific options as a YAML mapping, e.g. '{n_bits: 10}' (`fpt tasks list` shows each "
+                "task's)",
+        "metavar": "YAML"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "data root; unset: $FPT_DATA, else ./data", "metavar": "FOLDER"})
+    run_dir: str | None = field(default=None, metadata={
+        "help": "where the run writes its config, checkpoints and results; unset: "
+                "runs/<task>-<backbone>-<init>-seed<seed>",
+        "metavar": "FOLDER"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "also write metrics.jsonl's scalars as TensorBoard event files in the run directory "
+                "(pip install 'fpt[tensorboard]')"})
 
     def __post_init__(self):
         from fpt.backbones import INITS
@@ -112,12 +161,21 @@ class TrainConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise FPTError(f"unknown compile_mode {self.compile_mode!r}; choose from: {', '.join(COMPILE_MODES)}")
         if self.compile_mode != "default" and not self.compile:
-            raise FPTError(f"compile_mode {self.compile_mode!r} needs --compile true")
+            raise FPTError(f"compile_mode {self.compile_mode!r} needs --compile (compile: true in YAML)")
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise FPTError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.dropout < 1:
-            raise FPTError("lr must be > 0, weight_decay and grad_clip >= 0, dropout in [0, 1)")
+        # one line per key, naming its value; NaN fails every comparison, so each test holds for good values only
+        for name, ok, rule in (("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+                               ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                                "a finite number >= 0"),
+                               ("grad_clip", math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+                                "a finite number >= 0 (0 turns clipping off)"),
+                               ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+                               ("early_stop", self.early_stop is None or 0 <= self.early_stop <= 1,
+                                "a validation accuracy in [0, 1]")):
+            if not ok:
+                raise FPTError(f"{name} must be {rule}, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise FPTError(f"unknown lr_schedule {self.lr_schedule!r}; choose from: {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.warmup_steps < self.steps:

@@ -1,4 +1,4 @@
-"""Output-only training from cached features (`--train output --cache-features true`).
+"""Output-only training from cached features (`--train output --cache-features`).
 
 With only the output layer learning, the body's features at the output tokens
 never change, so each distinct example is run through the frozen model once

@@ -162,25 +162,33 @@ def record_error(run: PlannedRun, message: str) -> None:
 def train_run(run: PlannedRun, *, progress: bool = True) -> str:
     """Train one planned run from where it stands; returns one line saying how it ended.
 
-    A partial run resumes from its checkpoint. Failures are recorded in the run directory
-    (result.json for a diverged run, error.json otherwise), never raised, so a sweep goes on.
-    Used by `execute` and by every Ray task (fpt/ray_sweep.py).
+    The run directory is locked (fpt.utils.hold_folder) before its state is read: a run another process
+    is training (a second sweep, a Ray task's straggler) is skipped, never trained twice at once. A
+    partial run resumes from its checkpoint; one without a checkpoint starts over (what an attempt killed
+    before its first checkpoint left is deleted). Failures are recorded in the run directory (result.json
+    for a diverged run, error.json otherwise), never raised, so a sweep goes on. Used by `execute` and by
+    every Ray task (fpt/ray_sweep.py).
     """
-    from fpt.train import METRICS, train
+    from fpt.train import train
+    from fpt.utils import FolderBusy, hold_folder
 
-    state = run_state(run)
-    if state == "done":
-        return "done already, skipped"
-    if state == "todo" and (run.run_dir / METRICS).exists():
-        (run.run_dir / METRICS).unlink()  # from an attempt killed before its first checkpoint
-    started = time.perf_counter()
     try:
-        result = train(run.config, resume=state == "partial", progress=progress)
-        return f"test accuracy {result['test_accuracy']:.4f} ({time.perf_counter() - started:.0f}s)"
-    except FPTError as e:
-        if (run.run_dir / "result.json").exists():  # diverged: recorded, the sweep goes on
-            return str(e)
-        record_error(run, str(e))
+        with hold_folder(run.run_dir, what="run directory", hint="or let that process finish it"):
+            state = run_state(run)
+            if state == "done":
+                return "done already, skipped"
+            started = time.perf_counter()
+            try:
+                result = train(run.config, resume=state == "partial", overwrite=state == "todo", progress=progress)
+                return f"test accuracy {result['test_accuracy']:.4f} ({time.perf_counter() - started:.0f}s)"
+            except FPTError as e:
+                if (run.run_dir / "result.json").exists():  # diverged: recorded, the sweep goes on
+                    return str(e)
+                record_error(run, str(e))
+                return f"failed: {e}"
+    except FolderBusy as e:
+        return f"skipped: {e}"
+    except FPTError as e:  # the run directory cannot be made
         return f"failed: {e}"
 
 

@@ -11,6 +11,7 @@ differs between them (sharded batches, DDP, rank 0 writes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -22,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
-from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
+from fpt.config import CUDA_GRAPH_MODES, TrainConfig
 from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
@@ -33,15 +35,22 @@ from fpt.precision import autocast
 from fpt.precision import resolve as resolve_precision
 from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
 from fpt.tasks import Batch, TaskData, build_task
-from fpt.utils import (device_name, host_kind, keep_freed_cpu_memory, pick_device, seed_everything, torch_save_atomic,
-                       versions, write_json_atomic)
+from fpt.tblog import ScalarLog, summary_writer_class
+from fpt.utils import (WriteFailed, device_name, hold_folder, host_kind, keep_freed_cpu_memory, pick_device,
+                       seed_everything, torch_save_atomic, versions, write_json_atomic, write_text_atomic)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
+TASK = "task.json"  # a task file's run: what reading new inputs as its own needs (fpt/inference.py)
 # Config keys a resumed run may change: they do not alter what was already computed.
 RESUMABLE_CHANGES = {"steps", "early_stop", "device", "run_dir", "eval_batch_size", "data_dir",
-                     "export_backbone"}
+                     "export_backbone", "tensorboard"}
+CHECKPOINT_KEYS = ("config", "weights_sha256", "trainable", "optimizer", "rng", "state")
+# what `--overwrite` deletes: every file a run (or a sweep's record of it) writes into its directory
+RUN_FILES = (CHECKPOINT, RESULT, METRICS, "config.yaml", "error.json", CHECKPOINT + ".tmp", RESULT + ".tmp",
+             "config.yaml.tmp", TASK)
+START_OVER = "start it over with --overwrite (deletes the run's files) or choose another --run-dir"
 
 
 @dataclass
@@ -58,6 +67,7 @@ class Experiment:
     ranks: Ranks = field(default_factory=Ranks)  # data-parallel processes (one without torchrun)
     ddp: torch.nn.Module | None = None  # `model` wrapped in DistributedDataParallel under torchrun
     precision_info: dict = field(default_factory=dict)  # what `precision: auto` decided and measured
+    tensorboard: ScalarLog | None = None  # --tensorboard: opened by the first evaluation (rank 0)
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -82,6 +92,9 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     seed_everything(cfg.seed)
     task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
     data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
+    data.validate()  # once, at load: finite inputs, labels and ids in range, one shape (fpt/tasks/base.py)
+    if cfg.tensorboard:
+        summary_writer_class()  # missing: one line naming the extra, before anything trains
     model, backbone = build_model(cfg, data.spec)  # the config's model row, cfg.train learning
     device = pick_device(cfg.device)
     resolved, precision_info = resolve_precision(cfg.precision, device, model.width)
@@ -268,51 +281,92 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: contextlib.ExitStack) -> Path:
+    """Own the run directory (its lock, held until `held` closes) and check that it fits the request:
+    --resume needs a checkpoint, --overwrite empties it, a new run needs it free of another run."""
     run_dir = cfg.resolved_run_dir
+    if resume and overwrite:
+        raise FPTError("--resume continues a run and --overwrite starts it over: give one of them")
+    held.enter_context(hold_folder(run_dir, what="run directory", hint="or choose another --run-dir"))
     if resume:
         if not (run_dir / CHECKPOINT).exists():
-            raise FPTError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT}")
+            stopped = (f" (the run stopped before its first checkpoint: {START_OVER})"
+                       if (run_dir / METRICS).exists() else "")
+            raise FPTError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT}{stopped}")
         return run_dir
-    if run_dir.exists() and any((run_dir / f).exists() for f in (CHECKPOINT, RESULT, METRICS)):
-        raise FPTError(f"run directory {run_dir} already holds a run; pass --resume to continue it, "
-                       f"or --run-dir for a new one (nothing was overwritten)")
+    if overwrite:
+        for name in RUN_FILES:
+            try:
+                (run_dir / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise FPTError(f"--overwrite cannot delete {run_dir / name}: {e.strerror or e}") from None
+        return run_dir
+    if (run_dir / CHECKPOINT).exists() or (run_dir / RESULT).exists():
+        raise FPTError(f"run directory {run_dir} already holds a run; pass --resume to continue it, --overwrite "
+                       f"to start it over, or --run-dir for a new one (nothing was overwritten)")
+    if (run_dir / METRICS).exists():
+        raise FPTError(f"run directory {run_dir} already holds a run that stopped before its first checkpoint "
+                       f"({METRICS} only); {START_OVER}")
     return run_dir
 
 
-def _load_checkpoint(run_dir: Path, cfg: TrainConfig, weights_sha: str) -> dict:
+def _load_checkpoint(run_dir: Path) -> dict:
+    """The run's checkpoint; one line when it is missing here, unreadable, or not fpt's."""
     path = run_dir / CHECKPOINT
     if not path.exists():  # rank 0 found it: this process runs on another machine
         raise FPTError(f"cannot read {path}: processes on several machines need --run-dir on shared storage")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    _check_resumable(ckpt["config"], cfg)
-    if ckpt["weights_sha256"] != weights_sha:
-        raise FPTError("cannot resume: the frozen backbone weights differ from the checkpoint's")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # empty, truncated, random bytes: torch raises several kinds
+        raise FPTError(f"cannot resume: {path} is corrupt or truncated ({type(e).__name__}); {START_OVER}") from None
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
+        raise FPTError(f"cannot resume: {path} is not an fpt checkpoint; {START_OVER}")
     return ckpt
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
+    """A resumed run continues the saved one: the same config, but for keys that change nothing already
+    computed (RESUMABLE_CHANGES); `steps` only grows, and stays fixed under a decaying learning rate."""
     now = cfg.to_dict()
     # a decaying learning rate is scheduled over `steps`: changing it would change the rates already used
     free = RESUMABLE_CHANGES - ({"steps"} if now["lr_schedule"] != "constant" else set())
     # saved.get(k, default): a checkpoint written before a key existed had that key's default
     defaults = TrainConfig().to_dict()
-    changed = sorted(k for k in now if k not in free and saved.get(k, defaults.get(k)) != now[k])
+    was = {k: saved.get(k, defaults.get(k)) for k in now}
+    changed = sorted(k for k in now if k not in free and was[k] != now[k]
+                     and not (k == "precision" and now[k] == "auto"))  # auto: whatever the run resolved
     if changed:
-        raise FPTError(f"cannot resume: the config differs from the checkpoint's in {', '.join(changed)}")
+        diffs = "; ".join(f"{k} {now[k]!r} here, {was[k]!r} in the run" for k in changed)
+        raise FPTError(f"cannot resume: the config differs from the checkpoint's: {diffs} (drop those flags: "
+                       f"--resume reads the run's config.yaml)")
+    if now["steps"] < was["steps"]:
+        raise FPTError(f"cannot resume: steps {now['steps']} is below the run's {was['steps']} (steps can only grow)")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train one run to `cfg.steps` (or early stop) and return its result record."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train one run to `cfg.steps` (or early stop) and return its result record.
+
+    `resume` continues the run in `cfg.run_dir` from its checkpoint; `overwrite` deletes what the run
+    directory holds and starts over. The run directory is locked for the whole run (fpt.utils.hold_folder).
+    """
     ranks = setup(cfg)  # torchrun's process group, or one process
     try:
-        return _train(cfg, ranks, resume=resume, progress=progress)
+        with contextlib.ExitStack() as held:  # rank 0's lock on the run directory, released however we leave
+            return _train(cfg, ranks, resume=resume, overwrite=overwrite, progress=progress, held=held)
     finally:
         ranks.close()
 
 
-def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> dict:
-    run_dir = ranks.agree(lambda: _prepare_run_dir(cfg, resume), main_only=True)
+def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, overwrite: bool, progress: bool,
+           held: contextlib.ExitStack) -> dict:
+    run_dir = ranks.agree(lambda: _prepare_run_dir(cfg, resume=resume, overwrite=overwrite, held=held),
+                          main_only=True)
+    ckpt = {}
+    if resume:  # a corrupt checkpoint or a differing config fails before anything is built
+        ckpt = ranks.agree(lambda: _load_checkpoint(run_dir))
+        if cfg.precision == "auto":  # the precision the run resolved when it started
+            cfg = cfg.replace(precision=ckpt["config"].get("precision", "auto"))
+        ranks.agree(lambda: _check_resumable(ckpt["config"], cfg))
     # before any file is written: bad input leaves nothing behind
     exp = ranks.agree(lambda: build_experiment(cfg))
     cfg = exp.cfg  # precision resolved (auto -> fp32 or bf16)
@@ -328,19 +382,25 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
              "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
 
-    ckpt = {}
     if resume:
-        ckpt = ranks.agree(lambda: _load_checkpoint(run_dir, cfg, weights_sha))
-        model.load_state_dict(ckpt["trainable"], strict=False)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"], gen)
+        if ckpt["weights_sha256"] != weights_sha:
+            raise ranks.error("cannot resume: the frozen backbone weights differ from the checkpoint's")
+        try:
+            model.load_state_dict(ckpt["trainable"], strict=False)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            _set_rng_state(ckpt["rng"], gen)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ranks.error(f"cannot resume: {run_dir / CHECKPOINT} does not fit this model "
+                              f"({type(e).__name__}); {START_OVER}") from None
         state.update(ckpt["state"])
         if ranks.is_main:
             _truncate_metrics(run_dir / METRICS, state["step"])
     ranks.start_streams(cfg.seed, state["step"], ckpt.get("rank_rng"))  # dropout RNG of ranks > 0
     ranks.attach(exp)  # under torchrun: sharded batches, DDP
     if ranks.is_main:
-        save_yaml(cfg, run_dir / "config.yaml")
+        _save_config(cfg, run_dir / "config.yaml")
+        if exp.data.encoding:  # a task file's vocabulary or classes and sizes, for `fpt predict`
+            write_json_atomic(run_dir / TASK, exp.data.encoding)
 
     bar = _Progress(cfg.steps, state["step"], progress and ranks.is_main)
     bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
@@ -379,6 +439,8 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
                 if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
                     status = "early_stopped"
                     break
+    except (OSError, WriteFailed) as e:  # disk full, quota: metrics.jsonl or the checkpoint (rank 0 writes)
+        raise FPTError(_write_failure(e, run_dir, state["step"])) from None
     finally:
         bar.close()
 
@@ -386,7 +448,10 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, progress: bool) -> d
     if cfg.export_backbone and status != "diverged" and ranks.is_main:
         result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
     if ranks.is_main:
-        write_json_atomic(run_dir / RESULT, result)
+        try:
+            write_json_atomic(run_dir / RESULT, result)
+        except WriteFailed as e:
+            raise FPTError(_write_failure(e, run_dir, state["step"])) from None
     ranks.barrier()  # every rank returns (or raises) once rank 0 has written the result
     if status == "diverged":
         last = state["last"]
@@ -415,14 +480,43 @@ def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: floa
     if exp.ranks.is_main:
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if exp.cfg.tensorboard:  # the same scalars as TensorBoard events (fpt/tblog.py)
+            exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=record["step"])
+            exp.tensorboard.write(record)
     return record
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from (a kill between the two)."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+    """Drop records written after the checkpoint we resume from (a kill between the two), and a torn last
+    line (a kill or a full disk in the middle of writing it)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            record_step = record["step"]
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break  # torn: the record of an evaluation the checkpoint does not cover anyway
+            raise FPTError(f"cannot resume: {path} line {i + 1} is not a metrics record; {START_OVER}") from None
+        if record_step <= step:
+            keep.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _save_config(cfg: TrainConfig, path: Path) -> None:
+    """RUN_DIR/config.yaml, atomically: the config a plain `--resume` continues with."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _write_failure(e: Exception, run_dir: Path, step: int) -> str:
+    """One line for a write that failed mid-run (disk full, quota), saying how to go on."""
+    what = str(e) if isinstance(e, WriteFailed) else f"cannot write {e.filename or run_dir}: {e.strerror or e}"
+    if (run_dir / CHECKPOINT).exists():
+        return f"{what}; the run stopped at step {step}, its last checkpoint is intact: make room, then --resume"
+    return f"{what}; the run stopped at step {step} before its first checkpoint: make room, then {START_OVER}"
 
 
 def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status: str, wall: float,

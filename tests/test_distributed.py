@@ -161,6 +161,11 @@ def _csv(out: Path) -> list[dict]:
     return rows
 
 
+def _accuracies(out: Path) -> str:
+    """table.md up to its wall-time table."""
+    return (out / "table.md").read_text().split("Wall time per run")[0]
+
+
 def test_ray_sweep_equals_sequential_despite_a_killed_worker(ray_cluster, tiny_backbones, tmp_path, capsys,
                                                              monkeypatch):
     smoke = ["reproduce", "table1", "--budget", "smoke", "--backbone", tiny_backbones["gpt2"], "--quiet"]
@@ -180,10 +185,10 @@ def test_ray_sweep_equals_sequential_despite_a_killed_worker(ray_cluster, tiny_b
     assert main(smoke + ["--out", str(out), "--ray", ray_cluster.address]) == 0
     timings["Ray, 2 workers, one killed"] = time.perf_counter() - started
     err = capsys.readouterr().err
-    assert "submitting 6 of 6 runs to the Ray cluster" in err
+    assert "submitting 8 of 8 runs to the Ray cluster" in err
     assert "Full LSTM / bit-xor / lr 0.0003 / seed 0: test accuracy" in err
     assert "resumed from its checkpoint after a worker died" in err
-    assert (out / "table.md").read_text() == (tmp_path / "sequential" / "table.md").read_text()
+    assert _accuracies(out) == _accuracies(tmp_path / "sequential")  # wall times differ, accuracies do not
     assert _csv(out) == _csv(tmp_path / "sequential")
 
     # finished runs are not resubmitted; a local Ray instance (no address) runs the one that is missing
@@ -197,7 +202,7 @@ def test_ray_sweep_equals_sequential_despite_a_killed_worker(ray_cluster, tiny_b
     assert main(smoke + ["--out", str(out), "--ray"]) == 0
     timings["local Ray instance, 1 run"] = time.perf_counter() - started
     err = capsys.readouterr().err
-    assert "submitting 1 of 6 runs to a local Ray instance" in err
+    assert "submitting 1 of 8 runs to a local Ray instance" in err
     assert (out / "runs" / KILLED / "result.json").read_text() == before
     again = json.loads((redo / "result.json").read_text())
     assert {k: v for k, v in again.items() if k != "wall_time_s"} == \

@@ -73,7 +73,8 @@ def test_describe_counts_each_row(row, tiny_backbones, capsys):
     argv = ["--backbone", tiny_backbones["gpt2"]]
     for k, v in kw.items():
         if k != "lr":
-            argv += ["--" + k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v)]
+            flag = k.replace("_", "-")
+            argv += [f"--{flag}" if v else f"--no-{flag}"] if isinstance(v, bool) else [f"--{flag}", str(v)]
     counts = _describe(capsys, *argv)
     cfg = TrainConfig(**{k: v for k, v in kw.items()})
     for group, (total, trainable) in counts.items():

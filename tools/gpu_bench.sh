@@ -48,7 +48,7 @@ step gpu_scaling python3 -m fpt bench --task synthetic --backbone gpt2 --init ra
 step gpu_profile python3 tools/gpu_profile.py --out "$OUT" --variants base,gelu_new,compile
 if [[ -n "${MINILM:-}" ]]; then
     step mnist_bench python3 -m fpt bench --task mnist --backbone "$MINILM" --out "$OUT/mnist_bench.json"
-    for variant in "bf16:--precision bf16" "bf16-ro:--precision bf16 --compile true --compile-mode reduce-overhead" \
+    for variant in "bf16:--precision bf16" "bf16-ro:--precision bf16 --compile --compile-mode reduce-overhead" \
                    "fp32:--precision fp32"; do
         name=mnist4-${variant%%:*}
         # shellcheck disable=SC2086  # the variant's flags split on purpose

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def add_parser(sub) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.errors import FPTError
     from fpt.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
+    from fpt.utils import hold_folder, write_json_atomic
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")
@@ -81,25 +81,26 @@ def run_reproduce(args: argparse.Namespace) -> int:
                   f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
         print(f"estimated total: {total / 3600:.2f} h on this device (training steps timed here, +10% for eval)")
         return 0
-    ray = None
-    if sweep is not None and any(run_state(r) != "done" for r in planned):
-        ray = sweep.connect(args.ray)  # an unreachable cluster: one line, nothing written
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(find_matrix(args.matrix), out / "matrix.yaml")
-    (out / "sweep.json").write_text(json.dumps({"matrix": matrix.name, "budget": args.budget,
-                                                "seeds": args.seeds, "backbone": args.backbone,
-                                                "lr_sweep": _lrs(args.lr_sweep)}, indent=2) + "\n")
-    done = sum(run_state(r) == "done" for r in planned)
-    if done:
-        print(f"{done} of {len(planned)} runs already finished: skipped")
-    if sweep is not None:
-        sweep.execute(ray, runs, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
-                      retries=args.ray_retries)
-    else:
-        execute(runs, progress=not args.quiet)
-    from fpt.report import report
+    # one sweep per folder at a time (each run directory in it is locked again by the run itself); a
+    # folder this call creates is removed again if the sweep stops before writing into it
+    with hold_folder(out, what="sweep folder", hint="or choose another --out"):
+        ray = None
+        if sweep is not None and any(run_state(r) != "done" for r in planned):
+            ray = sweep.connect(args.ray)  # an unreachable cluster: one line, nothing written
+        shutil.copyfile(find_matrix(args.matrix), out / "matrix.yaml")
+        write_json_atomic(out / "sweep.json", {"matrix": matrix.name, "budget": args.budget, "seeds": args.seeds,
+                                               "backbone": args.backbone, "lr_sweep": _lrs(args.lr_sweep)})
+        done = sum(run_state(r) == "done" for r in planned)
+        if done:
+            print(f"{done} of {len(planned)} runs already finished: skipped")
+        if sweep is not None:
+            sweep.execute(ray, runs, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
+                          retries=args.ray_retries)
+        else:
+            execute(runs, progress=not args.quiet)
+        from fpt.report import report
 
-    print(report(out, budget=args.budget))
+        print(report(out, budget=args.budget))
     print(f"wrote {out / 'results.csv'}, {out / 'table.md'} and plots")
     return 0
 

@@ -59,41 +59,89 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def check_labels(y: np.ndarray, num_classes: int, *, what: str) -> None:
+def first_row(bad: np.ndarray) -> int:
+    """The first row (index along the first axis) where `bad` holds anywhere."""
+    return int(np.argmax(bad.reshape(len(bad), -1).any(1)))
+
+
+def check_labels(y: np.ndarray, num_classes: int, *, what: str, row=lambda i: f"row {i}") -> None:
+    """Labels in 0..num_classes-1; else one line naming the first bad row (`row(i)` says how)."""
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        bad = int(y[(y < 0) | (y >= num_classes)][0])
-        raise FPTError(f"{what}: label {bad} out of range 0..{num_classes - 1}")
+        i = first_row((y < 0) | (y >= num_classes))
+        bad = int(np.asarray(y[i]).reshape(-1)[0]) if np.ndim(y[i]) else int(y[i])
+        raise FPTError(f"{what} {row(i)}: label {bad} out of range 0..{num_classes - 1}")
 
 
-def read_table(path: Path, columns: tuple[str, str], *, delimiter: str = ",") -> tuple[list[str], list[str]]:
-    """Two named columns of a CSV/TSV with a header row, as strings (rows with other columns ignored)."""
+def where(path: Path, split: str | None) -> str:
+    """How a message names a split's file: 'data/train.csv' (split train)."""
+    return f"{str(path)!r}" + (f" (split {split})" if split else "")
+
+
+def read_table(path: Path, columns: tuple[str, ...], *, delimiter: str = ",", split: str | None = None,
+               optional: tuple[str, ...] = ()) -> tuple[list[str] | None, ...]:
+    """Named columns of a UTF-8 CSV/TSV with a header row, as strings, one list per column (other columns
+    ignored); a column in `optional` that the header lacks gives None. At least one row; one line naming
+    the file and the line for anything else."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if reader.fieldnames is None:
+                raise FPTError(f"{where(path, split)} is empty: it needs a header row with "
+                               f"{' and '.join(columns)}, then one row per example")
+            present = [c for c in columns if c in reader.fieldnames]
+            missing = [c for c in columns if c not in present and c not in optional]
             if missing:
-                raise FPTError(f"{str(path)!r} has no column(s) {', '.join(missing)}; "
+                raise FPTError(f"{where(path, split)} has no column(s) {', '.join(missing)}; "
                                f"its header is {reader.fieldnames}")
-            a, b = [], []
-            for i, row in enumerate(reader, start=2):
-                if row[columns[0]] is None or row[columns[1]] is None:
-                    raise FPTError(f"{str(path)!r} line {i}: missing a value")
-                a.append(row[columns[0]])
-                b.append(row[columns[1]])
+            values = {c: [] for c in present}
+            for row in reader:
+                if any(row[c] is None for c in present):
+                    raise FPTError(f"{where(path, split)} line {reader.line_num}: missing a value")
+                for c in present:
+                    values[c].append(row[c])
     except FileNotFoundError as e:
         raise FPTError(f"file {str(path)!r} not found") from e
-    return a, b
-
-
-def parse_int_labels(values: list[str], num_classes: int | None, *, path: Path) -> np.ndarray:
-    out = np.empty(len(values), dtype=np.int64)
-    for i, v in enumerate(values):
+    except UnicodeDecodeError:
+        raw = Path(path).read_bytes()
         try:
-            out[i] = int(float(v))
-        except ValueError as e:
-            raise FPTError(f"{str(path)!r} row {i + 1}: label {v!r} is not an integer") from e
-        if num_classes is not None and not 0 <= out[i] < num_classes:
-            raise FPTError(f"{str(path)!r} row {i + 1}: label {out[i]} out of range 0..{num_classes - 1}")
+            raw.decode("utf-8")
+            start = 0
+        except UnicodeDecodeError as e:
+            start = e.start
+        line = raw.count(b"\n", 0, start) + 1
+        raise FPTError(f"{where(path, split)} line {line}: byte {raw[start]:#04x} is not UTF-8 text; "
+                       f"save the file as UTF-8") from None
+    except csv.Error as e:
+        raise FPTError(f"{where(path, split)} line {reader.line_num}: {e}") from None
+    if present and not values[present[0]]:
+        raise FPTError(f"{where(path, split)} has a header but no rows: every split needs at least one example")
+    return tuple(values.get(c) for c in columns)
+
+
+def parse_int_labels(values: list[str], num_classes: int | None, *, path: Path, split: str | None = None,
+                     first_line: int | None = 2) -> np.ndarray:
+    """Integer labels from text, vectorised: '3' and '3.0' are 3; '0.7', 'inf', 'nan' and words are refused,
+    as is a label outside 0..num_classes-1 (when given). Errors name the file's line (`first_line`: the
+    line of values[0]; None: records, counted from 0)."""
+    row = (lambda i: f"line {first_line + i}") if first_line is not None else (lambda i: f"record {i}")
+    if not values:
+        return np.empty(0, dtype=np.int64)
+    try:
+        f = np.asarray(values, dtype=str).astype(np.float64)
+    except ValueError:  # find the first word among them
+        f = np.empty(len(values))
+        for i, v in enumerate(values):
+            try:
+                f[i] = float(v)
+            except ValueError:
+                raise FPTError(f"{where(path, split)} {row(i)}: label {v!r} is not an integer") from None
+    bad = ~np.isfinite(f) | (f != np.round(f))
+    if bad.any():
+        i = first_row(bad)
+        raise FPTError(f"{where(path, split)} {row(i)}: label {values[i]!r} is not an integer")
+    out = f.astype(np.int64)
+    if num_classes is not None:
+        check_labels(out, num_classes, what=where(path, split), row=row)
     return out
 
 

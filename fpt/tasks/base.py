@@ -53,11 +53,49 @@ class Batch:
 class TaskData:
     """Every split of one task, in memory. Subclasses override `train_batch` to augment or generate."""
 
+    #: True where `train_batch` draws fresh examples (bit tasks, synthetic): no stored training split to check
+    draws_train: bool = False
+
     def __init__(self, spec: TaskSpec, splits: dict[str, Batch], *, train_split: str = "train"):
         self.spec = spec
         self.splits = splits
         self.train_split = train_split
         self.notes: list[str] = []  # what a reader of the result must know (truncation, subsets)
+        self.sources: dict[str, str] = {}  # split -> its file, as messages name it: 'data/x.csv' (split val)
+        self.validated = False  # by `validate`, or by a loader that checked each file as it read it
+        # what encoding new inputs as a run's needs from its training data (a task file's vocabulary, classes
+        # and sizes): training keeps it in RUN_DIR/task.json, fpt/inference.py reads it; {} for built-in tasks
+        self.encoding: dict = {}
+
+    def model_ready(self, split: str) -> bool:
+        """Whether the split holds inputs as the model takes them (ImageData keeps its training images raw)."""
+        return True
+
+    def ready(self, split: str) -> Batch:
+        """The split as the model takes it (what `fpt evaluate` runs on any split)."""
+        return self.splits[split]
+
+    def validate(self) -> None:
+        """Check every stored split once, at load, in one vectorised pass (`check_split`), and that every
+        split's inputs have the same shape. One line naming the file, the split and the first bad row."""
+        if self.validated:
+            return
+        seen, ref = set(), None
+        for name, batch in self.splits.items():
+            if (name == self.train_split and self.draws_train) or id(batch) in seen:
+                continue  # a placeholder; or a split that is another one (homology's test without a test file)
+            seen.add(id(batch))
+            at = self.sources.get(name) or f"task {self.spec.name} (split {name})"
+            ready = self.model_ready(name)
+            check_split(batch, self.spec, at=at, model_ready=ready)
+            if ready:
+                shape = tuple(batch.x.shape[1:])
+                if ref is None:
+                    ref = (name, shape)
+                elif shape != ref[1]:
+                    raise FPTError(f"{at}: inputs of shape {shape}, split {ref[0]}'s are {ref[1]}: every split "
+                                   f"needs the same shape")
+        self.validated = True
 
     @property
     def eval_splits(self) -> list[str]:
@@ -77,12 +115,62 @@ class TaskData:
             yield Batch(data.x[s], data.y[s], None if data.lengths is None else data.lengths[s])
 
 
+def _first(bad: torch.Tensor) -> int:
+    """The first row (index along dim 0) where `bad` holds anywhere."""
+    return int(bad.reshape(len(bad), -1).any(1).nonzero()[0, 0])
+
+
+def check_split(b: Batch, spec: TaskSpec, *, at: str, model_ready: bool = True) -> None:
+    """One split against its task's spec, vectorised (reductions first; rows are searched only on failure):
+    at least one example; labels (N, targets) integers in 0..C-1; inputs (N, T, D) finite floats, or (N, T)
+    token ids in 0..V-1 with lengths in 1..seq_len. `at` names the file and split in the one-line error."""
+    n, x, y = len(b.y), b.x, b.y
+    if n == 0:
+        raise FPTError(f"{at}: no examples: every split needs at least one")
+    if len(x) != n or (b.lengths is not None and len(b.lengths) != n):
+        raise FPTError(f"{at}: {len(x)} inputs for {n} labels")
+    if y.is_floating_point() or tuple(y.shape[1:]) != (spec.num_targets,):
+        raise FPTError(f"{at}: labels {y.dtype} {tuple(y.shape)}, expected ({n}, {spec.num_targets}) integers")
+    lo, hi = torch.aminmax(y)
+    if lo < 0 or hi >= spec.num_classes:
+        i = _first((y < 0) | (y >= spec.num_classes))
+        bad = y[i][(y[i] < 0) | (y[i] >= spec.num_classes)][0]
+        raise FPTError(f"{at} row {i}: label {int(bad)} out of range 0..{spec.num_classes - 1}")
+    if not model_ready:
+        return
+    if spec.input_kind == "continuous":
+        if not x.is_floating_point() or tuple(x.shape[1:]) != (spec.seq_len, spec.token_dim):
+            raise FPTError(f"{at}: inputs {x.dtype} {tuple(x.shape)}, expected ({n}, {spec.seq_len}, "
+                           f"{spec.token_dim}) floats")
+        if not torch.isfinite(x.sum()):  # NaN or inf anywhere make the sum non-finite (or a finite overflow)
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                i = _first(bad)
+                raise FPTError(f"{at} row {i}: feature {x[i][bad[i]][0].item()}: features must be finite")
+        return
+    if x.is_floating_point() or x.dim() != 2:
+        raise FPTError(f"{at}: inputs {x.dtype} {tuple(x.shape)}, expected ({n}, T) integer token ids")
+    lo, hi = torch.aminmax(x)
+    if lo < 0 or hi >= spec.vocab_size:
+        i = _first((x < 0) | (x >= spec.vocab_size))
+        bad = x[i][(x[i] < 0) | (x[i] >= spec.vocab_size)][0]
+        raise FPTError(f"{at} row {i}: token id {int(bad)} outside the vocabulary 0..{spec.vocab_size - 1}")
+    if b.lengths is not None:
+        top = min(spec.seq_len, x.shape[1])
+        lo, hi = torch.aminmax(b.lengths)
+        if lo < 1 or hi > top:
+            i = _first((b.lengths < 1) | (b.lengths > top))
+            raise FPTError(f"{at} row {i}: length {int(b.lengths[i])} outside 1..{top}")
+
+
 class Task:
     """A registered task. Subclasses set `spec` in `__init__` and implement `load`."""
 
     spec: TaskSpec
     #: Options this task accepts (from the config's `task_options`), with defaults.
     options: dict = {}
+    #: Where `load` reads the task's files, under the data root (--data-dir, $FPT_DATA, ./data); None: generated.
+    data_folder: str | None = None
 
     def __init__(self, **options):
         unknown = set(options) - set(self.options)

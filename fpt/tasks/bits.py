@@ -18,6 +18,8 @@ _SPLIT_STREAMS = {"val": 1_000_003, "test": 2_000_003}
 class GeneratedData(TaskData):
     """Fixed eval splits; `train_batch` samples new examples from `sample`."""
 
+    draws_train = True
+
     def __init__(self, spec: TaskSpec, sample, *, seed: int, eval_examples: int = EVAL_EXAMPLES):
         self.sample = sample
         splits = {"train": Batch(torch.empty(0), torch.empty(0, dtype=torch.long))}

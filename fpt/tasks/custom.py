@@ -21,9 +21,16 @@ max_len: 512                # longer sequences are truncated
 #   float x (N, T, D): T tokens of width D; float x (N, L): L values cut into patch_size tokens;
 #   integer x (N, T): token ids, 0 is padding (lengths from len_<split> or the last non-zero id)
 ```
+
+A run keeps what reading new inputs as its own needs (`CustomTask.encoding()`: the task file's settings, the
+sizes the model was built with, the vocabulary or the class names) in RUN_DIR/task.json; with it,
+`CustomTask.as_run(...)` reads another task file, or inputs without labels, exactly as training read its
+data (fpt/inference.py: `fpt evaluate`, `fpt predict`, `fpt.load_run`).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +38,27 @@ import torch
 import yaml
 
 from fpt.datasets import check_labels, parse_int_labels, read_table
+from fpt.datasets.readers import first_row, where
 from fpt.errors import FPTError
 from fpt.tasks.base import Batch, PaddedTokenData, Task, TaskData, TaskSpec, pad_flat, patchify_images, patchify_sequence
-from fpt.tasks.images import ImageData
+from fpt.tasks.images import ImageData, prepare_images
 
 FORMATS = ("image_folder", "csv", "npz")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
 KEYS = {"format", "path", "train", "val", "test", "num_classes", "val_fraction", "test_fraction", "image_size",
         "channels", "patch_size", "mean", "std", "sequence_column", "label_column", "tokenize", "max_len", "name"}
+# the keys that decide how an example becomes model input, with their defaults (patch_size's: per format);
+# another task file read as a trained run's inputs keeps the run's (`_as_trained`)
+PREPROCESSING = {"image_size": 32, "channels": 3, "patch_size": None, "mean": None, "std": None,
+                 "tokenize": "chars", "max_len": 512}
+PATCH_SIZE = {"image_folder": 4, "npz": 1}
+
+
+def setting(d: dict, key: str):
+    """Preprocessing key `key` of task file `d`, or its default."""
+    default = PATCH_SIZE.get(d.get("format")) if key == "patch_size" else PREPROCESSING[key]
+    return d.get(key, default)
 
 
 def is_task_file(name: str) -> bool:
@@ -63,6 +82,28 @@ class CustomTask(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
+        self._read(encoding=None, hold_out=True)
+
+    @classmethod
+    def as_run(cls, encoding: dict, file: str | Path | None = None, *, hold_out: bool = True) -> "CustomTask":
+        """Task file `file` read as the inputs of the run whose `encoding()` this is: its preprocessing,
+        vocabulary or classes and sizes, none derived from the file; without a file, a task that holds no data
+        and reads inputs (`read_inputs`). `hold_out=False` keeps the splits as the files give them."""
+        task = cls.__new__(cls)
+        Task.__init__(task, file=None if file is None else str(file))
+        task._read(encoding=encoding, hold_out=hold_out)
+        return task
+
+    def _read(self, *, encoding: dict | None, hold_out: bool) -> None:
+        self.trained, self.notes = encoding, []
+        if encoding is not None:
+            self.spec = TaskSpec(**encoding["spec"])
+            self.vocab = {t: i + 2 for i, t in enumerate(encoding.get("vocab", ()))}
+            self.classes = list(encoding.get("classes", ()))
+            if self.opts["file"] is None:
+                self.d, self.base, self.name, self.files, self._splits = (dict(encoding["task_file"]), Path("."),
+                                                                           self.spec.name, {}, {})
+                return
         path = Path(self.opts["file"] or "")
         if not path.is_file():
             raise FPTError(f"task file {str(path)!r} does not exist")
@@ -75,6 +116,8 @@ class CustomTask(Task):
         unknown = sorted(set(d) - KEYS)
         if unknown:
             raise FPTError(f"task file {str(path)!r} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+        if encoding is not None:
+            d = _as_trained(d, encoding, path)
         self.d, self.base = d, path.parent
         self.name = str(d.get("name") or path.stem)
         files = {s: self._path(d[s]) for s in SPLIT_NAMES if d.get(s)}
@@ -87,11 +130,26 @@ class CustomTask(Task):
                 raise FPTError(f"data for task file {str(path)!r} not found: {str(f)!r}")
         self.files = files
         self._splits = getattr(self, f"_read_{d['format']}")()  # split -> arrays
-        self._hold_out_missing()
+        if hold_out:
+            self._hold_out_missing()
+
+    def encoding(self) -> dict:
+        """What reading inputs as this task's needs beyond the inputs (JSON; a run keeps it in RUN_DIR/task.json):
+        the task file's keys, the sizes the model is built from, and what comes from the training data: the
+        vocabulary (csv, tokens in id order from 2) or the class names (image folders, in label order)."""
+        e = {"task_file": json.loads(json.dumps(self.d, default=str)), "spec": dataclasses.asdict(self.spec)}
+        if self.d["format"] == "csv":
+            e["vocab"] = sorted(self.vocab, key=self.vocab.get)
+        elif self.d["format"] == "image_folder":
+            e["classes"] = list(self.classes)
+        return e
 
     def _path(self, p) -> Path:
         p = Path(str(p)).expanduser()
         return p if p.is_absolute() else self.base / p
+
+    def _setting(self, key: str):
+        return setting(self.d, key)
 
     def _hold_out_missing(self) -> None:
         need_val, need_test = "val" not in self._splits, "test" not in self._splits
@@ -108,47 +166,82 @@ class CustomTask(Task):
         if need_test:
             self._splits["test"] = take(te)
 
-    def _classes(self, labels: list[np.ndarray], what: str) -> int:
-        k = self.d.get("num_classes")
-        k = int(k) if k is not None else int(max(int(y.max()) for y in labels if len(y)) + 1)
-        for y in labels:
-            check_labels(y, k, what=what)
+    def _classes(self, labels: dict[str, np.ndarray], what, row=lambda i: f"row {i}") -> int:
+        """The number of classes (a trained run's; num_classes; or the largest label + 1), every split's labels
+        checked against it; `what(split)` names a split's file in messages, `row(i)` its rows."""
+        k = self.spec.num_classes if self.trained is not None else self.d.get("num_classes")
+        k = int(k) if k is not None else int(max(int(y.max()) for y in labels.values() if len(y)) + 1)
+        for split, y in labels.items():
+            check_labels(y, k, what=what(split), row=row)
         return max(k, 2)
 
     # ---- image folder ------------------------------------------------------------------------
 
     def _read_image_folder(self) -> dict:
-        from PIL import Image
-
-        size, channels = int(self.d.get("image_size", 32)), int(self.d.get("channels", 3))
-        if channels not in (1, 3):
-            raise FPTError(f"channels must be 1 or 3, got {channels}")
-        classes = sorted(p.name for p in self.files["train"].iterdir() if p.is_dir())
-        if len(classes) < 2:
-            raise FPTError(f"image folder {str(self.files['train'])!r} needs one subfolder per class (found {len(classes)})")
+        size, channels = self._image_settings()
+        if self.trained is None:
+            self.classes = sorted(p.name for p in self.files["train"].iterdir() if p.is_dir())
+            if len(self.classes) < 2:
+                raise FPTError(f"image folder {str(self.files['train'])!r} needs one subfolder per class "
+                               f"(found {len(self.classes)})")
         splits = {}
         for split, folder in self.files.items():
-            xs, ys = [], []
-            for label, cls in enumerate(classes):
-                for f in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
-                    if f.suffix.lower() not in IMAGE_SUFFIXES:
-                        continue
-                    try:
-                        img = Image.open(f).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-                    except OSError as e:
-                        raise FPTError(f"cannot read image {str(f)!r}: {e}") from e
-                    a = np.asarray(img, dtype=np.uint8)
-                    xs.append(a[None] if channels == 1 else a.transpose(2, 0, 1))  # (C, H, W)
-                    ys.append(label)
-            if not xs:
-                raise FPTError(f"no images under {str(folder)!r} (class subfolders {', '.join(classes)})")
-            splits[split] = {"x": np.stack(xs), "y": np.array(ys, dtype=np.int64)}
-        p = int(self.d.get("patch_size", 4))
-        patchify_images(torch.zeros(1, channels, size, size), p, what=f"the {size}x{size} images of {self.name}")
-        k = self._classes([s["y"] for s in splits.values()], what=self.name)
-        self.spec = TaskSpec(name=self.name, input_kind="continuous", token_dim=channels * p * p,
-                             seq_len=(size // p) ** 2, num_classes=k)
+            x, y, _ = self._read_images(folder, split)
+            splits[split] = {"x": x, "y": y}
+        if self.trained is None:
+            p = int(self._setting("patch_size"))
+            patchify_images(torch.zeros(1, channels, size, size), p, what=f"the {size}x{size} images of {self.name}")
+            k = self._classes({n: s["y"] for n, s in splits.items()}, what=lambda n: where(self.files[n], n))
+            self.spec = TaskSpec(name=self.name, input_kind="continuous", token_dim=channels * p * p,
+                                 seq_len=(size // p) ** 2, num_classes=k)
         return splits
+
+    def _image_settings(self) -> tuple[int, int]:
+        """(image_size, channels), with mean and std checked against the channels."""
+        size, channels = int(self._setting("image_size")), int(self._setting("channels"))
+        if channels not in (1, 3):
+            raise FPTError(f"channels must be 1 or 3, got {channels}")
+        for key, low in (("mean", -np.inf), ("std", 0.0)):  # normalisation must keep pixels finite
+            v = self.d.get(key)
+            if v is not None and not (isinstance(v, list) and len(v) == channels
+                                      and all(isinstance(a, (int, float)) and low < a < np.inf for a in v)):
+                raise FPTError(f"{key} must be a list of {channels} finite numbers"
+                               f"{' above 0' if key == 'std' else ''}, got {v!r}")
+        return size, channels
+
+    def _read_images(self, folder: Path, split: str | None, *, unlabelled: bool = False):
+        """(uint8 images (N, C, H, W), labels (N,), names relative to `folder`) of the images in `folder`'s
+        class subfolders, the label a class's index; with `unlabelled` also those directly in `folder` (or
+        `folder` itself, an image file), labelled -1. Read as a trained run's, a subfolder must be a class."""
+        from PIL import Image
+
+        size, channels = self._image_settings()
+        if folder.is_file():
+            files = [(folder, -1)] if unlabelled else []
+        else:
+            if self.trained is not None or unlabelled:
+                unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in self.classes)
+                if unknown:
+                    raise FPTError(f"{where(folder, split)}: subfolder(s) {', '.join(unknown)} are not among the "
+                                   f"classes {', '.join(self.classes)}")
+            files = [(f, -1) for f in sorted(folder.iterdir()) if f.is_file()] if unlabelled else []
+            for label, cls in enumerate(self.classes):
+                files += [(f, label) for f in sorted((folder / cls).glob("*"))] if (folder / cls).is_dir() else []
+        xs, ys, names = [], [], []
+        for f, label in files:
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                img = Image.open(f).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            except OSError as e:
+                raise FPTError(f"cannot read image {str(f)!r}: {e}") from e
+            a = np.asarray(img, dtype=np.uint8)
+            xs.append(a[None] if channels == 1 else a.transpose(2, 0, 1))  # (C, H, W)
+            ys.append(label)
+            names.append(f.name if f == folder else str(f.relative_to(folder)))
+        if not xs:
+            raise FPTError(f"no images under {str(folder)!r} (class subfolders {', '.join(self.classes)})")
+        return np.stack(xs), np.array(ys, dtype=np.int64), names
 
     def _prepare_images(self, x: torch.Tensor) -> torch.Tensor:
         if "mean" in self.d or "std" in self.d:
@@ -156,45 +249,57 @@ class CustomTask(Task):
             mean = torch.tensor(self.d.get("mean", [0.0] * c), dtype=x.dtype).reshape(-1, 1, 1)
             std = torch.tensor(self.d.get("std", [1.0] * c), dtype=x.dtype).reshape(-1, 1, 1)
             x = (x - mean) / std
-        return patchify_images(x, int(self.d.get("patch_size", 4)), what=self.name)
+        return patchify_images(x, int(self._setting("patch_size")), what=self.name)
 
     # ---- CSV of token sequences --------------------------------------------------------------
 
     def _read_csv(self) -> dict:
+        k = self.spec.num_classes if self.trained is not None else self.d.get("num_classes")
+        raw = {split: self._tokenize(path, split, None if k is None else int(k)) for split, path in self.files.items()}
+        if self.trained is None:  # vocabulary from the training file: 0 padding, 1 unknown, then tokens in sorted order
+            self.vocab = {t: i + 2 for i, t in enumerate(sorted({t for seq in raw["train"][0] for t in seq}))}
+        splits = {split: {**self._encode(toks, self.files[split], split), "y": y} for split, (toks, y) in raw.items()}
+        if self.trained is None:
+            nc = self._classes({n: y for n, (_, y) in raw.items()}, what=lambda n: where(self.files[n], n),
+                               row=lambda i: f"line {i + 2}")
+            self.spec = TaskSpec(name=self.name, input_kind="tokens", vocab_size=len(self.vocab) + 2,
+                                 seq_len=int(max(s["len"].max() for s in splits.values())), num_classes=nc, padded=True)
+        return splits
+
+    def _tokenize(self, path: Path, split: str | None, num_classes: int | None, *, labels_optional: bool = False):
+        """(token lists cut at max_len, integer labels or None where optional and absent) of a CSV file."""
         cols = (str(self.d.get("sequence_column", "seq")), str(self.d.get("label_column", "label")))
-        mode, max_len = self.d.get("tokenize", "chars"), int(self.d.get("max_len", 512))
+        mode, max_len = self._setting("tokenize"), int(self._setting("max_len"))
         if mode not in ("chars", "whitespace"):
             raise FPTError(f"tokenize must be chars or whitespace, got {mode!r}")
-        k = self.d.get("num_classes")
-        raw = {}
-        for split, path in self.files.items():
-            seqs, labels = read_table(path, cols)
-            toks = [list(s) if mode == "chars" else s.split() for s in seqs]
-            raw[split] = ([t[:max_len] for t in toks], parse_int_labels(labels, None if k is None else int(k), path=path))
-        # vocabulary from the training file: 0 padding, 1 unknown, then tokens in sorted order
-        vocab = {t: i + 2 for i, t in enumerate(sorted({t for seq in raw["train"][0] for t in seq}))}
-        splits = {}
-        for split, (toks, y) in raw.items():
-            if any(len(t) == 0 for t in toks):
-                raise FPTError(f"{str(self.files[split])!r}: an empty sequence")
-            lengths = np.array([len(t) for t in toks], dtype=np.int64)
-            ids = np.fromiter((vocab.get(t, 1) for seq in toks for t in seq), dtype=np.int32, count=int(lengths.sum()))
-            splits[split] = {"x": pad_flat(ids, lengths, max_len, what=self.name).numpy(), "y": y, "len": lengths}
-        self.vocab = vocab
-        nc = self._classes([y for _, y in raw.values()], what=self.name)
-        self.spec = TaskSpec(name=self.name, input_kind="tokens", vocab_size=len(vocab) + 2,
-                             seq_len=int(max(s["len"].max() for s in splits.values())), num_classes=nc, padded=True)
-        return splits
+        seqs, labels = read_table(path, cols, split=split, optional=cols[1:] if labels_optional else ())
+        toks = [list(s) if mode == "chars" else s.split() for s in seqs]
+        y = None if labels is None else parse_int_labels(labels, num_classes, path=path, split=split)
+        return [t[:max_len] for t in toks], y
+
+    def _encode(self, toks: list[list[str]], path: Path, split: str | None) -> dict:
+        """Token lists -> {"x": (N, width) ids padded with 0, "len": (N,)}, by the vocabulary (1: unknown).
+        Read as a trained run's, sequences are cut to the longest the run was built for."""
+        if any(len(t) == 0 for t in toks):
+            i = next(i for i, t in enumerate(toks) if len(t) == 0)
+            raise FPTError(f"{where(path, split)} line {i + 2}: an empty sequence")
+        width = int(self._setting("max_len"))
+        if self.trained is not None:
+            width = self.spec.seq_len
+            cut = sum(len(t) > width for t in toks)
+            if cut:
+                self.notes.append(f"{where(path, split)}: {cut} sequence(s) cut to {width} tokens, the longest "
+                                  f"the run trained on")
+                toks = [t[:width] for t in toks]
+        lengths = np.array([len(t) for t in toks], dtype=np.int64)
+        ids = np.fromiter((self.vocab.get(t, 1) for seq in toks for t in seq), dtype=np.int32, count=int(lengths.sum()))
+        return {"x": pad_flat(ids, lengths, width, what=self.name).numpy(), "len": lengths}
 
     # ---- npz ---------------------------------------------------------------------------------
 
     def _read_npz(self) -> dict:
         path = self.files["train"]
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise FPTError(f"cannot read {str(path)!r} as .npz: {type(e).__name__}") from e
+        arrays = _load_npz(path)
         if "x_train" not in arrays or "y_train" not in arrays:
             raise FPTError(f"{str(path)!r} needs arrays x_train and y_train; it has {', '.join(arrays)}")
         splits = {}
@@ -204,43 +309,194 @@ class CustomTask(Task):
                 if y is None or len(y) != len(x):
                     raise FPTError(f"{str(path)!r}: x_{s} has {len(x)} rows but y_{s} has "
                                    f"{'none' if y is None else len(y)}")
-                splits[s] = {"x": x, "y": y.astype(np.int64).reshape(len(y))}
+                splits[s] = {"x": x, "y": _npz_labels(y, path, s)}
                 if f"len_{s}" in arrays:
-                    splits[s]["len"] = arrays[f"len_{s}"].astype(np.int64)
-        x = splits["train"]["x"]
-        k = self._classes([s["y"] for s in splits.values()], what=str(path))
+                    splits[s]["len"] = arrays[f"len_{s}"]
+                _check_npz_split(path, s, splits[s], train=splits["train"])
+        k = self._classes({n: s["y"] for n, s in splits.items()}, what=lambda n: f"{where(path, n)}: y_{n}")
+        for name, s in splits.items():
+            self._npz_inputs(s, path, name)
+        if self.trained is None:
+            x = splits["train"]["x"]
+            if np.issubdtype(x.dtype, np.integer):
+                vocab = int(max(int(s["x"].max()) for s in splits.values())) + 1
+                self.spec = TaskSpec(name=self.name, input_kind="tokens", vocab_size=max(vocab, 2),
+                                     seq_len=x.shape[1], num_classes=k, padded=True)
+            else:
+                self.spec = TaskSpec(name=self.name, input_kind="continuous", token_dim=x.shape[2],
+                                     seq_len=x.shape[1], num_classes=k)
+        return splits
+
+    def _npz_inputs(self, arrays: dict, path: Path, split: str, x_name: str | None = None) -> None:
+        """One split's x as the model takes it, in place: token ids (N, T) get their lengths (given, or the
+        position after the last non-zero id); values (N, L) are cut into patch_size tokens (N, T, D)."""
+        x = arrays["x"]
         if np.issubdtype(x.dtype, np.integer):
             if x.ndim != 2:
-                raise FPTError(f"{str(path)!r}: integer x_train must be (N, T) token ids, got {x.shape}")
-            for s in splits.values():
-                if "len" not in s:  # the position after the last non-zero id
-                    nz = s["x"] != 0
-                    s["len"] = np.where(nz.any(1), s["x"].shape[1] - np.argmax(nz[:, ::-1], axis=1), 1)
-            vocab = int(max(int(s["x"].max()) for s in splits.values())) + 1
-            self.spec = TaskSpec(name=self.name, input_kind="tokens", vocab_size=max(vocab, 2), seq_len=x.shape[1],
-                                 num_classes=k, padded=True)
+                raise FPTError(f"{str(path)!r}: integer {x_name or f'x_{split}'} must be (N, T) token ids, "
+                               f"got {x.shape}")
+            if "len" not in arrays:  # the position after the last non-zero id
+                nz = x != 0
+                arrays["len"] = np.where(nz.any(1), x.shape[1] - np.argmax(nz[:, ::-1], axis=1), 1)
+        elif x.ndim == 2:
+            arrays["x"] = patchify_sequence(torch.from_numpy(x.astype(np.float32)), int(self._setting("patch_size")),
+                                            what=self.name).numpy()
+
+    # ---- new inputs (`fpt predict`) ----------------------------------------------------------
+
+    def read_inputs(self, path: str | Path) -> tuple[TaskData, list[int | str]]:
+        """Inputs in this task's format, read as its training data was: a CSV (the label column optional), a
+        folder of images (directly in it or in class subfolders) or one image, an .npz (x; optional lengths, y).
+        Returns (data whose one split, "input", holds them, label -1 where unknown; the name of each example:
+        its row, counted from 0, or its image file)."""
+        path, fmt = Path(path), self.d["format"]
+        if not path.exists():
+            raise FPTError(f"input {str(path)!r} does not exist")
+        suffix = path.suffix.lower()
+        fits = {"image_folder": path.is_dir() or suffix in IMAGE_SUFFIXES,  # files of another format: by name
+                "csv": path.is_file() and suffix != ".npz" and suffix not in IMAGE_SUFFIXES,
+                "npz": path.is_file() and suffix not in {".csv", ".tsv"} | IMAGE_SUFFIXES}[fmt]
+        if not fits:
+            kind = {"csv": "a CSV file", "npz": "an .npz file", "image_folder": "a folder of images or an image"}[fmt]
+            raise FPTError(f"input {str(path)!r} is not {kind}: the run trained on format {fmt}")
+        if fmt == "image_folder":
+            x, y, names = self._read_images(path, None, unlabelled=True)
+            arrays = {"x": x, "y": y}
+        elif fmt == "csv":
+            toks, y = self._tokenize(path, None, self.spec.num_classes, labels_optional=True)
+            arrays = {**self._encode(toks, path, None), "y": np.full(len(toks), -1) if y is None else y}
+            names = list(range(len(toks)))
         else:
-            if x.ndim == 2:
-                p = int(self.d.get("patch_size", 1))
-                for s in splits.values():
-                    s["x"] = patchify_sequence(torch.from_numpy(s["x"].astype(np.float32)), p, what=self.name).numpy()
-                x = splits["train"]["x"]
-            if x.ndim != 3:
-                raise FPTError(f"{str(path)!r}: float x_train must be (N, T, D) or (N, L), got {x.shape}")
-            self.spec = TaskSpec(name=self.name, input_kind="continuous", token_dim=x.shape[2], seq_len=x.shape[1],
-                                 num_classes=k)
-        return splits
+            arrays = self._read_npz_inputs(path)
+            names = list(range(len(arrays["y"])))
+        data = self._data({"input": arrays})
+        data.notes += self.notes
+        return data, names
+
+    def _read_npz_inputs(self, path: Path) -> dict:
+        z = _load_npz(path)
+        if "x" not in z:
+            raise FPTError(f"{str(path)!r} needs an array x (optionally lengths and y); it has "
+                           f"{', '.join(z) or 'none'}")
+        arrays = {"x": z["x"], **({"len": z["lengths"]} if "lengths" in z else {})}
+        _check_npz_split(path, None, arrays, train=arrays, names=("x", "lengths"))
+        arrays["y"] = np.full(len(arrays["x"]), -1)
+        if "y" in z:
+            if len(z["y"]) != len(arrays["x"]):
+                raise FPTError(f"{str(path)!r}: x has {len(arrays['x'])} rows but y has {len(z['y'])}")
+            arrays["y"] = _npz_labels(z["y"], path, None, name="y")
+            check_labels(arrays["y"], self.spec.num_classes, what=f"{str(path)!r}: y")
+        self._npz_inputs(arrays, path, "", x_name="x")
+        return arrays
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
-        s = self._splits
-        if self.d["format"] == "image_folder":
+    def _data(self, s: dict) -> TaskData:
+        """Split name -> arrays ({"x", "y", "len"}) as a TaskData."""
+        if self.d["format"] == "image_folder":  # checked after normalisation, by TaskData.validate
             images = {n: (torch.from_numpy(v["x"]), torch.from_numpy(v["y"])) for n, v in s.items()}
-            return ImageData(self.spec, images, self._prepare_images, augment_train=False)
+            if "train" in images:
+                return ImageData(self.spec, images, self._prepare_images, augment_train=False)
+            return TaskData(self.spec, {n: Batch(prepare_images(self._prepare_images, x), y[:, None])
+                                        for n, (x, y) in images.items()})
         if self.spec.input_kind == "tokens":
-            splits = {n: Batch(torch.from_numpy(v["x"]), torch.from_numpy(v["y"])[:, None],
-                               torch.from_numpy(v["len"])) for n, v in s.items()}
-            return PaddedTokenData(self.spec, splits)
-        return TaskData(self.spec, {n: Batch(torch.from_numpy(v["x"]).float(), torch.from_numpy(v["y"])[:, None])
-                                    for n, v in s.items()})
+            data = PaddedTokenData(self.spec, {n: Batch(torch.from_numpy(v["x"]), torch.from_numpy(v["y"])[:, None],
+                                                        torch.from_numpy(v["len"])) for n, v in s.items()})
+        else:
+            data = TaskData(self.spec, {n: Batch(torch.from_numpy(v["x"]).float(), torch.from_numpy(v["y"])[:, None])
+                                        for n, v in s.items()})
+        # file by file as read, naming the file's own rows (before any hold-out); read as a trained run's,
+        # ids and widths are checked against the run's sizes by `validate`
+        data.validated = self.trained is None
+        return data
+
+    def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
+        data = self._data(self._splits)
+        data.sources = {n: where(self.files.get(n, self.files["train"]), n) for n in data.splits}
+        data.notes += self.notes
+        data.encoding = self.encoding()
+        return data
+
+
+def _as_trained(d: dict, encoding: dict, path: Path) -> dict:
+    """Task file `d` read as a trained run's inputs: the run's format and preprocessing, the file's own data
+    layout (paths, columns, fractions). One line where the file asks for anything else than the run had."""
+    run = encoding["task_file"]
+    if d["format"] != run["format"]:
+        raise FPTError(f"task file {str(path)!r} has format {d['format']}; the run trained on format "
+                       f"{run['format']}")
+    for key in PREPROCESSING:
+        if key in d and d[key] != setting(run, key):
+            raise FPTError(f"task file {str(path)!r} sets {key}: {d[key]!r}, the run trained with "
+                           f"{setting(run, key)!r} (drop it: the run reads inputs as it was trained)")
+    k = encoding["spec"]["num_classes"]
+    if d.get("num_classes") is not None and int(d["num_classes"]) != k:
+        raise FPTError(f"task file {str(path)!r} sets num_classes: {d['num_classes']}; the run has {k} classes")
+    layout = {key: v for key, v in d.items() if key not in PREPROCESSING}
+    return {**layout, **{key: run[key] for key in PREPROCESSING if key in run}}
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise FPTError(f"cannot read {str(path)!r} as .npz: {type(e).__name__}") from e
+
+
+def _npz_labels(y: np.ndarray, path: Path, split: str | None, *, name: str | None = None) -> np.ndarray:
+    """y_<split> (or the array `name`) as (N,) int64: one label per row; floats only where they hold whole numbers."""
+    name = name or f"y_{split}"
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise FPTError(f"{where(path, split)}: {name} must hold one label per row, shape ({len(y)},), "
+                       f"got {y.shape}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = first_row(bad)
+            raise FPTError(f"{where(path, split)}: {name} row {i}: label {y[i]} is not an integer")
+    elif y.dtype.kind not in "iub":
+        raise FPTError(f"{where(path, split)}: {name} has dtype {y.dtype}; labels are integers 0..C-1")
+    return y.astype(np.int64)
+
+
+def _check_npz_split(path: Path, split: str | None, arrays: dict, *, train: dict,
+                     names: tuple[str, str] | None = None) -> None:
+    """One vectorised pass over x_<split> (and len_<split>; or the arrays `names`): rows, the width of
+    x_train, finite values or non-negative token ids, lengths in 1..T. One line naming the file, the split
+    and the first bad row."""
+    x, at = arrays["x"], where(path, split)
+    x_name, len_name = names or (f"x_{split}", f"len_{split}")
+    if len(x) == 0:
+        raise FPTError(f"{at}: {x_name} has no rows: every split needs at least one example")
+    if x.dtype.kind not in "iuf":
+        raise FPTError(f"{at}: {x_name} has dtype {x.dtype}; use floats (values) or integers (token ids)")
+    if x.ndim not in (2, 3):
+        raise FPTError(f"{at}: {x_name} must be (N, T) token ids, (N, L) or (N, T, D) values, got {x.shape}")
+    ref = train["x"]
+    if x.shape[1:] != ref.shape[1:] or (x.dtype.kind == "f") != (ref.dtype.kind == "f"):
+        raise FPTError(f"{at}: {x_name} is {x.dtype} {x.shape}, x_train {ref.dtype} {ref.shape}: every split "
+                       f"needs the same kind and width of rows")
+    if x.dtype.kind == "f":
+        if not np.isfinite(x.sum(dtype=np.float64)):  # NaN or inf anywhere make the sum non-finite
+            bad = ~np.isfinite(x)
+            if bad.any():
+                i = first_row(bad)
+                raise FPTError(f"{at}: {x_name} row {i} holds {x[i][~np.isfinite(x[i])].flat[0]}: "
+                               f"features must be finite")
+    elif x.min() < 0:
+        i = first_row(x < 0)
+        raise FPTError(f"{at}: {x_name} row {i}: token id {x[i].min()} is negative (ids are 0..V-1, 0 is padding)")
+    if "len" in arrays:
+        n = arrays["len"]
+        if n.shape != (len(x),) or n.dtype.kind not in "iu":
+            raise FPTError(f"{at}: {len_name} must be ({len(x)},) integers, got {n.dtype} {n.shape}")
+        if x.dtype.kind == "f":
+            raise FPTError(f"{at}: {len_name} is for token ids; float {x_name} rows are all of one length")
+        bad = (n < 1) | (n > x.shape[1])
+        if bad.any():
+            i = first_row(bad)
+            raise FPTError(f"{at}: {len_name} row {i}: length {n[i]} outside 1..{x.shape[1]}")
+        arrays["len"] = n.astype(np.int64)

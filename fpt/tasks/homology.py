@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fpt.datasets import data_root, parse_int_labels, read_lmdb, read_table
+from fpt.datasets.readers import where
 from fpt.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, PaddedTokenData, Task, TaskData, TaskSpec, pad_flat
 
@@ -42,14 +43,15 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def read_split(path: Path) -> tuple[list[str], np.ndarray]:
+def read_split(path: Path, split: str | None = None) -> tuple[list[str], np.ndarray]:
     if path.suffix == ".lmdb":
         items = read_lmdb(path)
         seqs = [it["primary"] for it in items]
-        labels = parse_int_labels([str(it["fold_label"]) for it in items], NUM_FOLDS, path=path)
+        labels = parse_int_labels([str(it["fold_label"]) for it in items], NUM_FOLDS, path=path, split=split,
+                                  first_line=None)
         return seqs, labels
-    seqs, labels = read_table(path, ("seq", "label"))
-    return seqs, parse_int_labels(labels, NUM_FOLDS, path=path)
+    seqs, labels = read_table(path, ("seq", "label"), split=split)
+    return seqs, parse_int_labels(labels, NUM_FOLDS, path=path, split=split)
 
 
 def encode(seqs: list[str], *, long_sequences: str, path: Path):
@@ -72,6 +74,7 @@ class RemoteHomology(Task):
     """Remote homology: amino-acid ids (vocabulary 26 with padding), up to 1024 tokens, 1195 folds."""
 
     options = {"long_sequences": "truncate"}
+    data_folder = "remote_homology/"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -86,18 +89,20 @@ class RemoteHomology(Task):
         if files["train"] is None or files["valid"] is None:
             raise FPTError(f"remote homology not found: looked for train.csv and valid.csv (or "
                            f"remote_homology_{{train,valid}}.lmdb) in {str(folder)!r}; pass --data-dir")
-        splits, notes = {}, []
+        splits, notes, sources = {}, [], {}
         for split, path in files.items():
             if path is None:
                 continue
-            seqs, labels = read_split(path)
+            seqs, labels = read_split(path, split)
             ids, lengths, keep, n_long = encode(seqs, long_sequences=self.opts["long_sequences"], path=path)
             if n_long:
                 notes.append(f"{split}: {n_long} sequences over {MAX_LEN} {self.opts['long_sequences']}d")
             name = {"valid": "val"}.get(split, split)
+            sources[name] = where(path, name)
             splits[name] = Batch(pad_flat(ids, lengths, MAX_LEN, what=str(path)),
                                  torch.from_numpy(labels[keep])[:, None], torch.from_numpy(lengths))
         splits["test"] = splits.get("test_fold_holdout", splits["val"])
+        sources["test"] = sources.get("test_fold_holdout", sources["val"])
         data = PaddedTokenData(self.spec, splits)
-        data.notes = notes
+        data.notes, data.sources = notes, sources
         return data

@@ -74,6 +74,11 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 # ---- data ----------------------------------------------------------------------------------------
 
+def prepare_images(prepare, x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> `prepare`d model tokens, in chunks to bound the float copy."""
+    return torch.cat([prepare(x[i:i + 2048].float() / 255) for i in range(0, len(x), 2048)])
+
+
 class ImageData(TaskData):
     """uint8 images in memory; `prepare` maps (B, C, H, W) floats in [0, 1] to model tokens."""
 
@@ -83,10 +88,17 @@ class ImageData(TaskData):
         self.train_images, self.train_labels = images["train"]
         splits = {"train": Batch(self.train_images, self.train_labels[:, None])}
         for name, (x, y) in images.items():
-            if name != "train":  # model-ready once, in chunks to bound the float copy
-                xs = [prepare(x[i:i + 2048].float() / 255) for i in range(0, len(x), 2048)]
-                splits[name] = Batch(torch.cat(xs), y[:, None])
+            if name != "train":  # model-ready once
+                splits[name] = Batch(prepare_images(prepare, x), y[:, None])
         super().__init__(spec, splits)
+
+    def model_ready(self, split: str) -> bool:
+        return split != "train"  # uint8 images, made model-ready batch by batch
+
+    def ready(self, split: str) -> Batch:
+        if split != "train":
+            return self.splits[split]
+        return Batch(prepare_images(self.prepare, self.train_images), self.train_labels[:, None])
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         idx = torch.randint(len(self.train_labels), (batch_size,), generator=generator)
@@ -166,6 +178,7 @@ class MNIST(Task):
     """
 
     options = {"patch_size": 4, "val_size": 5000, "fit": "resize"}
+    data_folder = "mnist/"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -189,7 +202,11 @@ class MNIST(Task):
         (xtr, ytr), (xva, yva) = hold_out(a["x_train"], a["y_train"], self.opts["val_size"], what="MNIST")
         images = {"train": _tensors(xtr[:, None], ytr), "val": _tensors(xva[:, None], yva),
                   "test": _tensors(a["x_test"][:, None], a["y_test"])}
-        return ImageData(self.spec, images, self.prepare, augment_train=False)
+        data = ImageData(self.spec, images, self.prepare, augment_train=False)
+        folder = mnist_folder(data_dir)
+        data.sources = {s: f"MNIST in {str(folder)!r} ({f}, split {s})" for s, f in
+                        (("train", "train-images"), ("val", "train-images"), ("test", "t10k-images"))}
+        return data
 
 
 # ---- CIFAR-10 ------------------------------------------------------------------------------------
@@ -232,6 +249,8 @@ def prepare_cifar(data_dir) -> str:
 
 
 class _CIFARBase(Task):
+    data_folder = "cifar10/cifar-10-batches-py/"
+
     def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
         a = load_cifar_arrays(data_dir)
         (xtr, ytr), (xva, yva) = hold_out(a["x_train"], a["y_train"], self.opts["val_size"], what="CIFAR-10")
@@ -247,6 +266,7 @@ class _CIFARBase(Task):
         images = {"train": _tensors(xtr, ytr), "val": _tensors(xva, yva), "test": _tensors(xte, yte)}
         data = ImageData(self.spec, images, self.prepare, augment_train=self.opts["augment"])
         data.notes = notes
+        data.sources = {s: f"CIFAR-10 in {str(cifar_folder(data_dir))!r} (split {s})" for s in images}
         return data
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fpt.datasets import data_root, load_cached, parse_int_labels, read_table, save_cached
+from fpt.datasets.readers import where
 from fpt.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, PaddedTokenData, Task, TaskData, TaskSpec, pad_flat
 
@@ -169,10 +170,10 @@ def load_listops_arrays(data_dir, *, paper: bool) -> dict[str, np.ndarray]:
         return cached
     arrays = {}
     for split, path in paths.items():
-        src, tgt = read_table(path, ("Source", "Target"), delimiter="\t")
+        src, tgt = read_table(path, ("Source", "Target"), delimiter="\t", split=split)
         ids, lengths = encode([to_compact(s) for s in src], paper=paper, what=str(path))
         arrays[f"{split}_ids"], arrays[f"{split}_len"] = ids, lengths
-        arrays[f"{split}_y"] = parse_int_labels(tgt, 10, path=path)
+        arrays[f"{split}_y"] = parse_int_labels(tgt, 10, path=path, split=split)
     save_cached(folder, key, sources, arrays)
     return arrays
 
@@ -182,6 +183,7 @@ class ListOps(Task):
     """ListOps: token ids (digits, operators, `]`), padded to 1999, read from the last real token."""
 
     options = {"paper_pipeline": False}
+    data_folder = "listops/"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -195,4 +197,6 @@ class ListOps(Task):
         splits = {s: Batch(pad_flat(a[f"{s}_ids"], a[f"{s}_len"], self.spec.seq_len, what="ListOps"),
                            torch.from_numpy(a[f"{s}_y"])[:, None], torch.from_numpy(a[f"{s}_len"]))
                   for s in SPLITS}
-        return PaddedTokenData(self.spec, splits)
+        data = PaddedTokenData(self.spec, splits)
+        data.sources = {s: where(path, s) for s, path in tsv_paths(listops_folder(data_dir)).items()}
+        return data

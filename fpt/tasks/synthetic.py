@@ -12,6 +12,8 @@ from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec
 
 
 class SyntheticData(TaskData):
+    draws_train = True
+
     def __init__(self, spec: TaskSpec, *, seed: int, eval_examples: int):
         self.spec = spec
         g = torch.Generator().manual_seed(seed)

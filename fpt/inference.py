@@ -1,0 +1,241 @@
+"""Use what was trained: a run's model for inference (`fpt.load_run`; `fpt evaluate`, `fpt predict`).
+
+A run directory holds config.yaml, checkpoint.pt (the trainable weights; the frozen body is rebuilt from the
+config and checked against the checkpoint's weights_sha256), result.json, and for a task file's run task.json
+(fpt/tasks/custom.py `CustomTask.encoding()`: the task file's settings, the sizes the model was built from,
+the vocabulary or the class names), with which new inputs are read exactly as the training data was.
+
+    run = fpt.load_run("runs/my-data")
+    run.evaluate("test")                       # {"accuracy": ..., "loss": ..., "examples": ...}
+    run.predict("new.csv")                     # one dict per example: predicted label, probabilities
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fpt.backbones import Backbone
+from fpt.config import TrainConfig, from_dict
+from fpt.errors import FPTError
+from fpt.model import FPT
+from fpt.tasks import Batch, Task, TaskData
+from fpt.tasks.base import PaddedTokenData, check_split
+from fpt.train import CHECKPOINT, METRICS, TASK, Experiment, evaluate
+
+SPLITS = ("train", "val", "test", "all")  # all: every example of the task's files, no split held out
+
+
+@dataclass
+class Run:
+    """A trained run, ready for inference: the model in eval mode with the checkpoint's weights, and its task."""
+
+    run_dir: Path
+    cfg: TrainConfig  # the run's, on this device
+    model: FPT
+    backbone: Backbone | None
+    device: torch.device
+    task: Task  # a task file's run: CustomTask with the run's encoding (`read_inputs`); else the registered task
+    step: int  # the training step the checkpoint holds
+
+    @property
+    def spec(self):
+        return self.model.spec
+
+    @property
+    def from_task_file(self) -> bool:
+        from fpt.tasks.custom import CustomTask
+
+        return isinstance(self.task, CustomTask)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names in label order where the task has them (image folders), else None."""
+        return getattr(self.task, "classes", None) or None
+
+    def encode(self, path: str | Path) -> tuple[TaskData, list[int | str]]:
+        """Inputs in the run's task file format (a CSV, a folder of images, an .npz), read as training read its
+        data: (data whose one split, "input", holds them, label -1 where unknown; a name per example)."""
+        if not self.from_task_file:
+            raise FPTError(f"predicting reads inputs in a task file's format; this run trained on {self.cfg.task!r}")
+        data, names = self.task.read_inputs(path)
+        b = data.splits["input"]
+        check_split(Batch(b.x, b.y.clamp(min=0), b.lengths), self.spec, at=f"input {str(path)!r}")
+        return data, names
+
+    @torch.inference_mode()
+    def logits(self, data: TaskData, split: str = "input") -> torch.Tensor:
+        """Logits (N, targets, classes), float32 on the CPU, for every example of `split`."""
+        from fpt.precision import autocast
+
+        out = []
+        for batch in data.eval_batches(split, self.cfg.eval_batch_size):
+            batch = batch.to(self.device)
+            with autocast(self.cfg.precision, self.device):
+                out.append(self.model(batch.x, batch.lengths).float().cpu())
+        return torch.cat(out)
+
+    def predict(self, inputs: str | Path | tuple[TaskData, list[int | str]]) -> list[dict]:
+        """One record per example of `inputs` (a path, or what `encode` returned): example (its row, counted
+        from 0, or its image file), label (where known), predicted, predicted_class (image folders),
+        probabilities (one per class)."""
+        data, names = self.encode(inputs) if isinstance(inputs, (str, Path)) else inputs
+        probs = self.logits(data).softmax(-1)[:, 0]  # (N, 1, C) -> (N, C): a task file's one target per example
+        labels, predicted = data.splits["input"].y[:, 0].tolist(), probs.argmax(-1).tolist()
+        rows = []
+        for name, label, k, p in zip(names, labels, predicted, probs.tolist()):
+            row = {"example": name, **({"label": label} if label >= 0 else {}), "predicted": k}
+            if self.classes:
+                row["predicted_class"] = self.classes[k]
+            rows.append({**row, "probabilities": p})
+        return rows
+
+    def evaluate(self, split: str = "test", *, task_file: str | None = None) -> dict:
+        """Accuracy and loss on `split` (train, val, test, or all: every example of the task's files) of the
+        run's task, or of another task file of the same format, read as the run's inputs."""
+        from fpt.tasks.custom import CustomTask
+
+        if split not in SPLITS:
+            raise FPTError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
+        cfg = self.cfg
+        if self.from_task_file:
+            file = task_file or cfg.task
+            if not Path(file).is_file():
+                raise FPTError(f"task file {file!r} not found" + ("" if task_file else
+                               " (the run's, as named where it trained); pass --task-file"))
+            task = CustomTask.as_run(self.task.encoding(), file, hold_out=split != "all")
+        elif task_file:
+            raise FPTError(f"--task-file needs a run trained on a task file; this run trained on {cfg.task!r}")
+        elif split == "all":
+            raise FPTError(f"split all is for task files; this run trained on {cfg.task!r}: evaluate val or test")
+        else:
+            task = self.task
+        data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
+        data.validate()  # read as the run's inputs: ids, widths and labels within the run's sizes
+        if split != "all" and split not in data.splits:
+            raise FPTError(f"task {task.spec.name!r} has no split {split!r}; it has: {', '.join(data.splits)}")
+        if split == data.train_split and data.draws_train:
+            raise FPTError(f"task {cfg.task!r} draws fresh training examples; evaluate val or test")
+        names = list(data.splits) if split == "all" else [split]
+        loss = correct = examples = 0.0
+        for name in names:  # `fpt.train.evaluate`, the code training evaluates with, one split at a time
+            kind = PaddedTokenData if isinstance(data, PaddedTokenData) else TaskData
+            one = kind(data.spec, {name: data.ready(name)})  # model-ready (ImageData keeps train's images raw)
+            exp = Experiment(cfg=cfg, data=one, backbone=self.backbone, model=self.model, device=self.device)
+            m, n = evaluate(exp, name), len(one.splits[name])
+            loss, correct, examples = loss + m["loss"] * n, correct + m["accuracy"] * n, examples + n
+        return {"run_dir": str(self.run_dir), "task": task_file or cfg.task, "split": split, "step": self.step,
+                "examples": int(examples), "accuracy": correct / examples, "loss": loss / examples,
+                "notes": list(data.notes)}
+
+
+def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None) -> Run:
+    """The run in `run_dir`, ready for inference on `device`: the frozen body rebuilt from the run's config
+    (checked against the checkpoint's weights_sha256), the checkpoint's trainable weights on top, eval mode.
+    `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
+    from fpt.bodies import build_model
+    from fpt.model import store_frozen_matmul_weights
+    from fpt.tasks import build_task
+    from fpt.tasks.custom import CustomTask, is_task_file
+    from fpt.utils import pick_device
+
+    run_dir = Path(run_dir)
+    if batch_size is not None and batch_size <= 0:
+        raise FPTError(f"batch size must be positive, got {batch_size}")
+    if not run_dir.is_dir():
+        raise FPTError(f"run directory {str(run_dir)!r} does not exist")
+    ckpt = _read_checkpoint(run_dir)
+    try:
+        cfg = from_dict({**ckpt["config"], "device": device, "compile": False, "compile_mode": "default",
+                         **({"eval_batch_size": batch_size} if batch_size is not None else {})})
+    except FPTError as e:
+        raise FPTError(f"{run_dir / CHECKPOINT}: its config does not load here ({e})") from None
+    dev = pick_device(cfg.device)
+    if (run_dir / TASK).is_file():  # a task file's run: its encoding, kept at training time
+        try:
+            encoding = json.loads((run_dir / TASK).read_text())
+            task = CustomTask.as_run(encoding)
+        except (ValueError, KeyError, TypeError) as e:
+            raise FPTError(f"{run_dir / TASK} is not a task record fpt wrote ({type(e).__name__})") from None
+    elif is_task_file(cfg.task):  # a run from before task.json: rebuilt from its training data
+        if not Path(cfg.task).is_file():
+            raise FPTError(f"{run_dir} has no {TASK} and its task file {cfg.task!r} is not found from here")
+        task = CustomTask.as_run(build_task(cfg.task, **cfg.task_options).encoding())
+    else:
+        task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+    model, backbone = build_model(cfg, task.spec)
+    frozen = backbone.weights_sha256() if backbone is not None else "none"
+    if frozen != ckpt["weights_sha256"]:
+        raise FPTError(f"the frozen body rebuilt from the run's config (backbone {cfg.backbone}, init {cfg.init}, "
+                       f"seed {cfg.seed}) differs from the one {run_dir} trained on (weights_sha256)")
+    _load_trainable(model, ckpt["trainable"], run_dir / CHECKPOINT)
+    model.to(dev).eval()
+    if cfg.precision == "auto":  # a run records the precision it resolved; auto only in a hand-made config
+        from fpt.precision import resolve
+
+        cfg = cfg.replace(precision=resolve("auto", dev, model.width)[0])
+    if cfg.precision == "bf16":  # as training stored them
+        store_frozen_matmul_weights(model, torch.bfloat16)
+    return Run(run_dir=run_dir, cfg=cfg, model=model, backbone=backbone, device=dev, task=task,
+               step=int(ckpt.get("state", {}).get("step", 0)))
+
+
+def _read_checkpoint(run_dir: Path) -> dict:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        why = ("the run stopped before its first checkpoint" if (run_dir / METRICS).exists()
+               else "no run trained there")
+        raise FPTError(f"{run_dir} holds no {CHECKPOINT} ({why}): nothing to evaluate or predict with")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # empty, truncated, random bytes: torch raises several kinds
+        raise FPTError(f"{path} is corrupt or truncated ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("config", "weights_sha256", "trainable")):
+        raise FPTError(f"{path} is not an fpt checkpoint")
+    return ckpt
+
+
+def _load_trainable(model: FPT, weights: dict, path: Path) -> None:
+    """The checkpoint's trainable tensors into `model`: exactly the parameters that train, of the same shapes;
+    one line naming the first that differs (a vocabulary or class count other than the run's)."""
+    params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    for name, t in weights.items():
+        if name in params and tuple(t.shape) != tuple(params[name].shape):
+            what = {"input_layer": "vocabulary or token width", "output_layer": "class count"}.get(
+                name.split(".")[0], "sizes")
+            raise FPTError(f"{path}: {name} is {tuple(t.shape)}, the model built from the run's task has "
+                           f"{tuple(params[name].shape)}: the {what} differs from the run's")
+    if set(weights) != wanted:
+        missing, extra = sorted(wanted - set(weights)), sorted(set(weights) - wanted)
+        raise FPTError(f"{path} does not fit the model built from the run's config (missing "
+                       f"{', '.join(missing[:3]) or 'none'}; unexpected {', '.join(extra[:3]) or 'none'})")
+    model.load_state_dict(weights, strict=False)
+
+
+def write_predictions(rows: list[dict], classes: int, out: str | None) -> str:
+    """`rows` (Run.predict) as CSV, or JSON lines where `out` ends in .jsonl; into `out`, or returned when None.
+    CSV columns: example, label (where any is known), predicted, predicted_class (image folders), p_0..p_{C-1}."""
+    if out is not None and str(out).endswith(".jsonl"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        head = ["example"] + ["label"] * any("label" in r for r in rows) + ["predicted"]
+        head += ["predicted_class"] * any("predicted_class" in r for r in rows)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(head + [f"p_{k}" for k in range(classes)])
+        for r in rows:
+            w.writerow([r.get(c, "") for c in head] + [f"{p:.6g}" for p in r["probabilities"]])
+        text = buf.getvalue()
+    if out is None:
+        return text
+    from fpt.utils import write_text_atomic
+
+    if not Path(out).parent.is_dir():
+        raise FPTError(f"cannot write {out}: its folder does not exist")
+    write_text_atomic(Path(out), text)
+    return text
