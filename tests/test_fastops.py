@@ -115,46 +115,45 @@ def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
     assert not fo.use_fused_residual(load_backbone(tiny_backbones["bert"], attn_implementation="eager").model)
 
 
-def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """Kernels built anew into an empty $FPT_CACHE in this test, and forgotten after it."""
     monkeypatch.setenv("FPT_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", "no-such-compiler-fpt")
     native.kernels.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="no-such-compiler-fpt.*not found"):
-            assert native.kernels("hash_dropout") is None
-        x = torch.randn(1000)
-        assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
-                           torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
-        monkeypatch.setenv("FPT_NATIVE", "0")
-        native.kernels.cache_clear()
-        assert native.kernels("hash_dropout") is None  # turned off: no build tried, no warning
-    finally:
-        native.kernels.cache_clear()
+    yield
+    native.kernels.cache_clear()
+
+
+def test_missing_compiler_falls_back_with_one_warning(monkeypatch, fresh_kernels):
+    monkeypatch.setenv("CC", "no-such-compiler-fpt")
+    with pytest.warns(RuntimeWarning, match="no-such-compiler-fpt.*not found"):
+        assert native.kernels("hash_dropout") is None
+    x = torch.randn(1000)
+    assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
+                       torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
+    monkeypatch.setenv("FPT_NATIVE", "0")
+    native.kernels.cache_clear()
+    assert native.kernels("hash_dropout") is None  # turned off: no build tried, no warning
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")
-def test_kernels_built_without_avx512_bf16_fall_back_with_one_warning(monkeypatch, tmp_path):
+def test_kernels_built_without_avx512_bf16_fall_back_with_one_warning(monkeypatch, fresh_kernels):
     """A CPU without AVX512-BF16, on any host: `-mno-avx512bf16` builds short_attention.c without its
     kernels (only its probes). It counts as unavailable, with one warning naming the cause, never an
     AttributeError; hash dropout, which needs no bf16 instructions, still builds and runs; the model's
     attention takes the torch path."""
-    monkeypatch.setenv("FPT_CACHE", str(tmp_path))
     monkeypatch.setenv("FPT_CFLAGS", "-mno-avx512bf16")
-    native.kernels.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="short_attention.*unavailable on this CPU.*lacks fpt_short_attention"):
-            assert native.kernels("short_attention") is None
-        assert fo._short_attention_kernels() is None
-        assert native.kernels("hash_dropout") is not None
-        x = torch.randn(1000)
-        assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
-                           torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
-        q = torch.randn(2, 3, 32, 16).bfloat16()
-        assert not fo.short_attention_fits(q, q, q, None)
-        out, _ = fo.cpu_attention(SimpleNamespace(training=False, is_causal=False), q, q, q, None, scaling=0.25)
-        assert out.shape == (2, 32, 3, 16)
-    finally:
-        native.kernels.cache_clear()
+    with pytest.warns(RuntimeWarning, match="short_attention.*unavailable on this CPU.*lacks fpt_short_attention"):
+        assert native.kernels("short_attention") is None
+    assert fo._short_attention_kernels() is None
+    assert native.kernels("hash_dropout") is not None
+    x = torch.randn(1000)
+    assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
+                       torch.where(hash_keep_mask(x.shape, 9, 0.1), x * 2.0, 0.0))
+    q = torch.randn(2, 3, 32, 16).bfloat16()
+    assert not fo.short_attention_fits(q, q, q, None)
+    out, _ = fo.cpu_attention(SimpleNamespace(training=False, is_causal=False), q, q, q, None, scaling=0.25)
+    assert out.shape == (2, 32, 3, 16)
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None, reason="no C compiler")

@@ -120,6 +120,15 @@ def _first(bad: torch.Tensor) -> int:
     return int(bad.reshape(len(bad), -1).any(1).nonzero()[0, 0])
 
 
+def _check_range(values: torch.Tensor, upper: int, at: str, message: str) -> None:
+    """Every value in 0..upper-1, else one line naming the first bad row: message.format(value, upper - 1)."""
+    lo, hi = torch.aminmax(values)
+    if lo < 0 or hi >= upper:
+        outside = (values < 0) | (values >= upper)
+        i = _first(outside)
+        raise FPTError(f"{at} row {i}: " + message.format(int(values[i][outside[i]][0]), upper - 1))
+
+
 def check_split(b: Batch, spec: TaskSpec, *, at: str, model_ready: bool = True) -> None:
     """One split against its task's spec, vectorised (reductions first; rows are searched only on failure):
     at least one example; labels (N, targets) integers in 0..C-1; inputs (N, T, D) finite floats, or (N, T)
@@ -131,11 +140,7 @@ def check_split(b: Batch, spec: TaskSpec, *, at: str, model_ready: bool = True) 
         raise FPTError(f"{at}: {len(x)} inputs for {n} labels")
     if y.is_floating_point() or tuple(y.shape[1:]) != (spec.num_targets,):
         raise FPTError(f"{at}: labels {y.dtype} {tuple(y.shape)}, expected ({n}, {spec.num_targets}) integers")
-    lo, hi = torch.aminmax(y)
-    if lo < 0 or hi >= spec.num_classes:
-        i = _first((y < 0) | (y >= spec.num_classes))
-        bad = y[i][(y[i] < 0) | (y[i] >= spec.num_classes)][0]
-        raise FPTError(f"{at} row {i}: label {int(bad)} out of range 0..{spec.num_classes - 1}")
+    _check_range(y, spec.num_classes, at, "label {} out of range 0..{}")
     if not model_ready:
         return
     if spec.input_kind == "continuous":
@@ -150,11 +155,7 @@ def check_split(b: Batch, spec: TaskSpec, *, at: str, model_ready: bool = True) 
         return
     if x.is_floating_point() or x.dim() != 2:
         raise FPTError(f"{at}: inputs {x.dtype} {tuple(x.shape)}, expected ({n}, T) integer token ids")
-    lo, hi = torch.aminmax(x)
-    if lo < 0 or hi >= spec.vocab_size:
-        i = _first((x < 0) | (x >= spec.vocab_size))
-        bad = x[i][(x[i] < 0) | (x[i] >= spec.vocab_size)][0]
-        raise FPTError(f"{at} row {i}: token id {int(bad)} outside the vocabulary 0..{spec.vocab_size - 1}")
+    _check_range(x, spec.vocab_size, at, "token id {} outside the vocabulary 0..{}")
     if b.lengths is not None:
         top = min(spec.seq_len, x.shape[1])
         lo, hi = torch.aminmax(b.lengths)
