@@ -17,13 +17,17 @@ from pathlib import Path
 from fpt.errors import FPTError
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
-# Our task names -> the reference file's columns.
-PAPER_COLUMNS = {"bit-memory": "bit_memory", "bit-xor": "bit_xor", "listops": "listops", "mnist": "mnist",
-                 "cifar10": "cifar10", "cifar10-lra": "cifar10_lra", "homology": "remote_homology"}
 CSV_FIELDS = ["row", "task", "seed", "lr", "status", "steps", "test_accuracy", "val_accuracy",
               "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "trainable_params",
               "total_params", "wall_time_s", "backbone", "init", "train", "precision", "majority_test_accuracy",
               "weights_sha256", "device", "run_dir", "error"]
+
+
+def paper_column(task: str) -> str:
+    """The reference file's column for `task`: its registry entry's `paper_column` ("" where it has none)."""
+    from fpt.tasks import TASKS
+
+    return (TASKS.get(task).paper_column or "") if task in TASKS else ""
 
 
 def paper_figure(paper_row: str | None, task: str) -> str:
@@ -32,7 +36,7 @@ def paper_figure(paper_row: str | None, task: str) -> str:
     with open(REFERENCE) as f:
         for r in csv.DictReader(f):
             if r["row"] == paper_row:
-                return r.get(PAPER_COLUMNS.get(task, ""), "") or ""
+                return r.get(paper_column(task), "") or ""
     return ""
 
 

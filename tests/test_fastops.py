@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
+from fpt.backbones.architectures import ARCHITECTURES
 from fpt import fastops as fo
 from fpt import native
 from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
@@ -192,7 +193,7 @@ def test_fast_dropout_scales_and_is_identity_in_eval():
     assert torch.isin(x.grad.unique(), torch.tensor([0.0, 1 / 0.75])).all()
 
 
-@pytest.mark.parametrize("model_type", ["bert", "vit", "gpt2", "gemma3_text"])
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
     """In eval mode (no dropout) the fast path computes exactly what transformers' eager attention does
     (the tiny Gemma: 24 tokens, past its sliding window of 16)."""
@@ -210,7 +211,7 @@ def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
     torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "mpnet", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("attn", ["eager", "sdpa", FPT_CPU])
 def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     """What sits in padded positions must not change any real token's output, under every implementation."""

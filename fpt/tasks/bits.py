@@ -47,6 +47,7 @@ class BitMemory(Task):
 
     options = {"n_bits": 1000, "n_patterns": 5, "patch_size": 50, "mask_prob": 0.5,
                "eval_examples": EVAL_EXAMPLES}
+    paper_column = "bit_memory"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -81,6 +82,7 @@ class BitXOR(Task):
     """
 
     options = {"n_bits": 5, "patch_size": 1, "eval_examples": EVAL_EXAMPLES}
+    paper_column = "bit_xor"
 
     def __init__(self, **options):
         super().__init__(**options)

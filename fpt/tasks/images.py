@@ -179,6 +179,11 @@ class MNIST(Task):
 
     options = {"patch_size": 4, "val_size": 5000, "fit": "resize"}
     data_folder = "mnist/"
+    paper_column = "mnist"
+
+    @classmethod
+    def prepare_data(cls, data_dir, **_) -> str:
+        return prepare_mnist(data_dir)
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -251,6 +256,10 @@ def prepare_cifar(data_dir) -> str:
 class _CIFARBase(Task):
     data_folder = "cifar10/cifar-10-batches-py/"
 
+    @classmethod
+    def prepare_data(cls, data_dir, **_) -> str:
+        return prepare_cifar(data_dir)  # one download for cifar10 and cifar10-lra
+
     def load(self, *, seed: int, data_dir: str | None = None) -> TaskData:
         a = load_cifar_arrays(data_dir)
         (xtr, ytr), (xva, yva) = hold_out(a["x_train"], a["y_train"], self.opts["val_size"], what="CIFAR-10")
@@ -275,6 +284,7 @@ class CIFAR10(_CIFARBase):
     """CIFAR-10, per-channel normalised, 4x4 RGB patches: 64 tokens of width 48, 10 classes."""
 
     options = {"patch_size": 4, "val_size": 5000, "augment": True, "test_size": None}
+    paper_column = "cifar10"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -294,6 +304,7 @@ class CIFAR10LRA(_CIFARBase):
     """CIFAR-10 as in LRA: grayscale, normalised with mean 0.5 and std 0.5, 1x1 patches: 1024 tokens of width 1."""
 
     options = {"patch_size": 1, "val_size": 5000, "augment": True, "test_size": None}
+    paper_column = "cifar10_lra"
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -184,6 +184,22 @@ class ListOps(Task):
 
     options = {"paper_pipeline": False}
     data_folder = "listops/"
+    paper_column = "listops"
+
+    @classmethod
+    def prepare_data(cls, data_dir, *, seed: int = 0, sizes: str | None = None, **_) -> str:
+        """Generate with `seed`; `sizes` is the CLI's "TRAIN,VAL,TEST" (default SPLITS); tokenise once and cache."""
+        counts = None
+        if sizes:
+            try:
+                counts = dict(zip(SPLITS, (int(v) for v in sizes.split(","))))
+            except ValueError as e:
+                raise FPTError(f"--sizes must be three integers TRAIN,VAL,TEST, got {sizes!r}") from e
+            if len(counts) != 3 or min(counts.values()) < 1:
+                raise FPTError(f"--sizes must be three positive integers TRAIN,VAL,TEST, got {sizes!r}")
+        message = prepare_listops(data_dir, seed=seed, sizes=counts)
+        load_listops_arrays(data_dir, paper=False)  # tokenise once and cache
+        return message
 
     def __init__(self, **options):
         super().__init__(**options)
