@@ -25,7 +25,7 @@ from fpt.errors import FPTError
 from fpt.model import FPT
 from fpt.tasks import Batch, Task, TaskData
 from fpt.tasks.base import PaddedTokenData, check_split
-from fpt.train import CHECKPOINT, METRICS, TASK, Experiment, evaluate
+from fpt.train import CHECKPOINT, METRICS, TASK, Experiment, evaluate, read_checkpoint
 
 SPLITS = ("train", "val", "test", "all")  # all: every example of the task's files, no split held out
 
@@ -190,13 +190,7 @@ def _read_checkpoint(run_dir: Path) -> dict:
         why = ("the run stopped before its first checkpoint" if (run_dir / METRICS).exists()
                else "no run trained there")
         raise FPTError(f"{run_dir} holds no {CHECKPOINT} ({why}): nothing to evaluate or predict with")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # empty, truncated, random bytes: torch raises several kinds
-        raise FPTError(f"{path} is corrupt or truncated ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("config", "weights_sha256", "trainable")):
-        raise FPTError(f"{path} is not an fpt checkpoint")
-    return ckpt
+    return read_checkpoint(path, ("config", "weights_sha256", "trainable"))
 
 
 def _load_trainable(model: FPT, weights: dict, path: Path) -> None:

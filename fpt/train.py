@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
-from fpt.config import CUDA_GRAPH_MODES, TrainConfig
+from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
 from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
@@ -315,12 +314,18 @@ def _load_checkpoint(run_dir: Path) -> dict:
     path = run_dir / CHECKPOINT
     if not path.exists():  # rank 0 found it: this process runs on another machine
         raise FPTError(f"cannot read {path}: processes on several machines need --run-dir on shared storage")
+    return read_checkpoint(path, CHECKPOINT_KEYS, prefix="cannot resume: ", suffix=f"; {START_OVER}")
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...], *, prefix: str = "", suffix: str = "") -> dict:
+    """A checkpoint.pt holding at least `keys`; one line (prefix, what is wrong, suffix) when it is empty,
+    truncated, random bytes or not fpt's. Resuming and `fpt.load_run` read checkpoints through it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # empty, truncated, random bytes: torch raises several kinds
-        raise FPTError(f"cannot resume: {path} is corrupt or truncated ({type(e).__name__}); {START_OVER}") from None
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
-        raise FPTError(f"cannot resume: {path} is not an fpt checkpoint; {START_OVER}")
+        raise FPTError(f"{prefix}{path} is corrupt or truncated ({type(e).__name__}){suffix}") from None
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in keys):
+        raise FPTError(f"{prefix}{path} is not an fpt checkpoint{suffix}")
     return ckpt
 
 
@@ -398,7 +403,7 @@ def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, overwrite: bool, pro
     ranks.start_streams(cfg.seed, state["step"], ckpt.get("rank_rng"))  # dropout RNG of ranks > 0
     ranks.attach(exp)  # under torchrun: sharded batches, DDP
     if ranks.is_main:
-        _save_config(cfg, run_dir / "config.yaml")
+        save_yaml(cfg, run_dir / "config.yaml")
         if exp.data.encoding:  # a task file's vocabulary or classes and sizes, for `fpt predict`
             write_json_atomic(run_dir / TASK, exp.data.encoding)
 
@@ -504,11 +509,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if record_step <= step:
             keep.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in keep))
-
-
-def _save_config(cfg: TrainConfig, path: Path) -> None:
-    """RUN_DIR/config.yaml, atomically: the config a plain `--resume` continues with."""
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _write_failure(e: Exception, run_dir: Path, step: int) -> str:
