@@ -273,9 +273,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """YAML file (if any), then overrides (CLI flags), into one validated config."""
-    values = load_yaml(config_file) if config_file else {}
+def resolve(config_file: str | None = None, overrides: dict[str, Any] | None = None, *,
+            base: dict[str, Any] | None = None) -> TrainConfig:
+    """`base` (a resumed run's config.yaml), then the YAML file (if any), then overrides (CLI flags), into one
+    validated config."""
+    values = dict(base or {})
+    values.update(load_yaml(config_file) if config_file else {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(values)
 

@@ -64,9 +64,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, *, base: dict | None = None) -> TrainConfig:
+    """--config, then the flags given, over `base` (a resumed run's config.yaml)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return resolve(args.config, {k: v for k, v in vars(args).items() if k in names})
+    return resolve(args.config, {k: v for k, v in vars(args).items() if k in names}, base=base)
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -74,15 +75,11 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     then refuses any of them that differs from the checkpoint's (but a larger --steps)."""
     from pathlib import Path
 
-    from fpt.config import from_dict, load_yaml
+    from fpt.config import load_yaml
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = load_yaml(args.config) if args.config else {}
-    given.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    run_dir = Path(given["run_dir"]) if given.get("run_dir") else from_dict(given).resolved_run_dir
-    if not (run_dir / "config.yaml").is_file():
-        return from_dict(given)  # no run there: `train` says so
-    return from_dict({**load_yaml(run_dir / "config.yaml"), **given})
+    run_dir = args.run_dir or (load_yaml(args.config).get("run_dir") if args.config else None)
+    saved = (Path(run_dir) if run_dir else config_from_args(args).resolved_run_dir) / "config.yaml"
+    return config_from_args(args, base=load_yaml(saved) if saved.is_file() else None)  # no run there: train says so
 
 
 def add_parser(sub) -> None:
