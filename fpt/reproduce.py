@@ -150,6 +150,20 @@ def run_state(run: PlannedRun) -> str:
     return "todo"
 
 
+def steps_done(run: PlannedRun) -> int:
+    """Training steps a partial run has already logged (its last evaluation in metrics.jsonl; 0 if none)."""
+    path = run.run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    last = 0
+    for line in path.read_text().splitlines():
+        try:
+            last = max(last, int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError):
+            continue  # a line cut short by a kill: the checkpoint decides where a resume starts anyway
+    return last
+
+
 def label(run: PlannedRun) -> str:
     return f"{run.row.name} / {run.task} / lr {run.lr:g} / seed {run.seed}"
 
@@ -204,7 +218,8 @@ def execute(runs: list[PlannedRun], *, progress: bool = True) -> None:
 
 
 def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
-    """Seconds per training step for each distinct (row, task), measured on this device.
+    """Seconds per training step for each distinct (row, task), measured on this device, and each run's
+    estimate for the steps it has left (a partial run's remaining steps; pass only runs not done).
 
     Steps run on random inputs of the task's shape (the task spec's sequence length, token width or
     vocabulary, and targets), so a plan can be priced before any dataset is downloaded; the compute
@@ -251,9 +266,10 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
             except FPTError as e:
                 measured[key] = float("nan")
                 print(f"cannot time {run.row.name} / {run.task}: {e}", file=sys.stderr)
+        left = run.config.steps - (steps_done(run) if run_state(run) == "partial" else 0)
         rows.append({"row": run.row.name, "task": run.task, "seed": run.seed, "lr": run.lr,
-                     "steps": run.config.steps, "s_per_step": measured[key],
-                     "est_s": measured[key] * run.config.steps * 1.1})  # +10% for evaluation
+                     "steps": left, "s_per_step": measured[key],
+                     "est_s": measured[key] * left * 1.1})  # +10% for evaluation
     return rows
 
 

@@ -67,6 +67,25 @@ def test_bad_row_fails_in_one_line(tiny_matrix, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_prices_only_what_a_resumed_sweep_would_train(tiny_matrix, tmp_path, capsys):
+    out = tmp_path / "o"
+    runs = [r for r in plan(load_matrix(str(tiny_matrix)), budget="smoke", seeds=1, out=out) if r.config]
+    finished, partial = runs[0], runs[1]
+    finished.run_dir.mkdir(parents=True)
+    (finished.run_dir / "result.json").write_text(json.dumps({"test_accuracy": 0.75}))
+    partial.run_dir.mkdir(parents=True)
+    (partial.run_dir / "checkpoint.pt").write_bytes(b"")  # partial: only its state is read here
+    (partial.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 40}) + "\n" + '{"step": 6')  # a cut line
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"done {finished.row.name} / {finished.task} / seed 0 / lr {finished.lr:g}: test accuracy 0.7500" in printed
+    priced = [line for line in printed.splitlines() if "ms =" in line]
+    assert len(priced) == len(runs) - 1  # the finished run is not priced again
+    left = partial.config.steps - 40
+    assert any(line.split()[0] == partial.row.name and f" {left} steps" in line for line in priced)
+    assert f"for the {len(runs) - 1} runs not finished" in printed
+
+
 def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["reproduce", str(tiny_matrix), "--budget", "smoke", "--seeds", "2", "--out", str(out), "--quiet"]

@@ -50,6 +50,17 @@ def add_parser(sub) -> None:
     r.set_defaults(func=run_report)
 
 
+def _finished_line(run) -> str:
+    """What a finished run's result.json says, in a few words."""
+    import json
+
+    try:
+        result = json.loads((run.run_dir / "result.json").read_text())
+        return f"test accuracy {float(result['test_accuracy']):.4f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "result.json unreadable"
+
+
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.errors import FPTError
     from fpt.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
@@ -74,12 +85,17 @@ def run_reproduce(args: argparse.Namespace) -> int:
         if r.config is None:
             print(f"  skip {r.row.name} / {r.task} / seed {r.seed}: {r.skip_reason}")
     if args.dry_run:
+        # a sweep resumes: finished runs cost nothing, partial ones only their remaining steps
+        finished = [r for r in planned if run_state(r) == "done"]
+        for r in finished:
+            print(f"  done {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g}: {_finished_line(r)}")
         total = 0.0
-        for e in estimate(runs):
+        for e in estimate([r for r in planned if run_state(r) != "done"]):
             total += e["est_s"]
             print(f"  {e['row']:<28} {e['task']:<16} seed {e['seed']} lr {e['lr']:<8g} {e['steps']:>7} steps "
                   f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
-        print(f"estimated total: {total / 3600:.2f} h on this device (training steps timed here, +10% for eval)")
+        print(f"estimated total: {total / 3600:.2f} h on this device for the {len(planned) - len(finished)} runs "
+              f"not finished (training steps timed here, +10% for eval)")
         return 0
     # one sweep per folder at a time (each run directory in it is locked again by the run itself); a
     # folder this call creates is removed again if the sweep stops before writing into it
