@@ -15,7 +15,7 @@ from torch import nn
 
 from fpt import readout
 from fpt.backbones import Backbone
-from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body
+from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body, linear_layer_types
 from fpt.errors import FPTError
 from fpt.lora import lora_parameter_names
 from fpt.tasks.base import TaskSpec
@@ -43,7 +43,7 @@ class HFBody(nn.Module):
             self.positions = nn.Embedding(seq_len, self.width)
             nn.init.normal_(self.positions.weight, std=0.02)
         # the last block at the read-out tokens only (fpt/readout.py); False where it has no such path
-        row_block = readout.install(self.last_block, self.arch.model_type) if last_block_at_readout else None
+        row_block = readout.install(self.last_block, self.arch.row_block) if last_block_at_readout else None
         self.reads_rows = row_block is not None
         self.rows_keep_length = self.reads_rows and row_block.keeps_length  # GPT-2: the rows gathered here
 
@@ -177,9 +177,10 @@ def store_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
     cache only holds weights that require grad: a frozen body was re-cast on every forward. Casting
     it once gives the same numbers. Trainable parameters and optimizer state stay fp32.
     """
+    linear = linear_layer_types(getattr(model.body, "arch", None))  # nn.Linear, and GPT-2's Conv1D
     cast = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's linear layers
+        if isinstance(module, linear):
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
                     p.data = p.data.to(dtype)

@@ -1,6 +1,6 @@
 """The ViT row (paper Table 2): transformers' ViTModel blocks with a new learned position table.
 
-The tiny checkpoint comes from conftest's TINY_CONFIGS, so test_groups.py already runs the freezing
+The tiny checkpoint comes from the architecture's `tiny_config`, so test_groups.py already runs the freezing
 matrix over it; here: what is special about ViT (no `inputs_embeds`: FPT runs its blocks and final
 norm itself), hub-format checkpoints, padding masks, attention maps, the offline Random row.
 """
