@@ -13,7 +13,8 @@ from fpt.backbones import VIT_CONFIG, load_backbone
 from fpt.cli import main
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
-from fpt.model import HFBody, build_fpt, count_parameters, parameter_groups
+from fpt.bodies import HFBody
+from fpt.model import build_fpt, count_parameters, parameter_groups
 from fpt.tasks import build_task
 from fpt.train import build_experiment, loss_and_correct, train
 
