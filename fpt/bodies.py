@@ -202,11 +202,27 @@ def resolve_attention(cfg) -> str:
     return FPT_CPU if pick_device(cfg.device).type == "cpu" else "sdpa"
 
 
+def use_fast_ops(backbone: Backbone, attn_implementation: str) -> None:
+    """Swap fpt's faster modules (fpt/fastops.py) into a loaded body for the implementation resolve_attention
+    picked: fpt_cpu's dropout, fused residual and projected attention; the fused GELU on every path but `eager`
+    (transformers' modules as published: the bench's reference loop)."""
+    from fpt import fastops
+
+    if attn_implementation == fastops.FPT_CPU:
+        fastops.use_fast_dropout(backbone.model)
+        fastops.use_fused_residual(backbone.model)
+        fastops.use_projected_attention(backbone.model)
+    if attn_implementation != "eager":
+        fastops.use_fused_gelu(backbone.model)
+
+
 def _build_transformer(cfg, spec):
     from fpt.lora import add_lora
 
+    attn_implementation = resolve_attention(cfg)
     backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout,
-                             attn_implementation=resolve_attention(cfg), seed=cfg.seed)
+                             attn_implementation=attn_implementation, seed=cfg.seed)
+    use_fast_ops(backbone, attn_implementation)
     if cfg.layers is not None:
         truncate_layers(backbone, cfg.layers)
     body = HFBody(backbone, spec.seq_len, last_block_at_readout=cfg.last_block_at_readout)

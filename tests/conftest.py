@@ -43,6 +43,17 @@ def save_tiny_checkpoint(model_type: str, folder) -> str:
     return str(folder)
 
 
+def load_with_fast_ops(name: str, *, attn_implementation: str = "sdpa", **kwargs):
+    """`load_backbone`, then fpt's faster modules for `attn_implementation` (fpt/bodies.py `use_fast_ops`), as
+    a run builds its body."""
+    from fpt.backbones import load_backbone
+    from fpt.bodies import use_fast_ops
+
+    backbone = load_backbone(name, attn_implementation=attn_implementation, **kwargs)
+    use_fast_ops(backbone, attn_implementation)
+    return backbone
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory) -> dict[str, str]:
     """model_type -> folder of a tiny random checkpoint."""

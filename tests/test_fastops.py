@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import load_with_fast_ops
 
 from fpt.backbones import load_backbone
 from fpt.backbones.architectures import ARCHITECTURES
@@ -103,7 +104,7 @@ def test_dropout_add_is_dropout_then_add(dropout_impl, dtype):
 def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
     """BERT's two residual outputs per block take the fused forward, under their own class names (the
     parameter groups find modules by name), and compute what transformers' forward computes."""
-    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
     outputs = [m for m in backbone.model.modules() if type(m).__name__ in fo.DROPOUT_ADD_NORM_CLASSES]
     assert len(outputs) == 4 and all(type(m).__module__ == "fpt.fastops" for m in outputs)
     module = outputs[-1].train()
@@ -205,7 +206,7 @@ def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
     x = torch.randn(3, 24, 64)
     outs = {}
     for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn)
+        backbone = load_with_fast_ops(tiny_backbones[model_type], attn_implementation=attn)
         torch.manual_seed(0)  # ViT's and Gemma's new position tables are drawn here
         body = HFBody(backbone, 24).eval()
         outs[attn] = body(x)
@@ -220,7 +221,7 @@ def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     """What sits in padded positions must not change any real token's output, under every implementation."""
     from fpt.bodies import HFBody
 
-    body = HFBody(load_backbone(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
+    body = HFBody(load_with_fast_ops(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
     torch.manual_seed(0)
     x = torch.randn(2, 12, 64)
     mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5])
@@ -240,7 +241,7 @@ def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf
     mask = (torch.arange(t) < torch.tensor(lengths)[:, None]).long() if padded else torch.ones(3, t).long()
     outs, grads = {}, {}
     for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(backbone_dir, attn_implementation=attn, dropout=0.0)
+        backbone = load_with_fast_ops(backbone_dir, attn_implementation=attn, dropout=0.0)
         torch.manual_seed(1)  # Gemma's new position table: the same for both
         body = HFBody(backbone, t).train()
         h = x.clone().requires_grad_(True)
@@ -314,7 +315,7 @@ def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones, monkeypat
     from fpt.bodies import HFBody
 
     monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
-    body = HFBody(load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
+    body = HFBody(load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
     weights = []
     attn_modules = [m for m in body.modules() if type(m).__name__ == "BertSelfAttention"]
     handles = [m.register_forward_hook(lambda _m, _i, out: weights.append(out[1])) for m in attn_modules]
@@ -350,7 +351,7 @@ def test_fused_gelu_everywhere_but_the_published_model(tiny_backbones, attn):
     loop uses to run transformers' model as published."""
     from fpt.fastops import TanhGELU
 
-    backbone = load_backbone(tiny_backbones["gpt2"], attn_implementation=attn)
+    backbone = load_with_fast_ops(tiny_backbones["gpt2"], attn_implementation=attn)
     acts = [type(block.mlp.act).__name__ for block in backbone.model.h]
     assert acts == ["NewGELUActivation" if attn == "eager" else TanhGELU.__name__] * len(backbone.model.h)
 
@@ -359,7 +360,7 @@ def test_fused_gelu_everywhere_but_the_published_model(tiny_backbones, attn):
 def test_swapped_modules_keep_the_models_mode(tiny_backbones, model_type):
     """A loaded body is in eval mode; the dropout and GELU modules swapped in must be too (a fresh module starts
     in train mode, which had left a just-loaded body applying hidden dropout but not attention dropout)."""
-    model = load_backbone(tiny_backbones[model_type], attn_implementation=FPT_CPU).model
+    model = load_with_fast_ops(tiny_backbones[model_type], attn_implementation=FPT_CPU).model
     modes = {m.training for m in model.modules()}
     assert modes == {model.training}
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())  # every one swapped (Gemma has none)
@@ -469,7 +470,7 @@ def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeyp
 
 
 def _frozen_bert_self_attention(tiny_backbones):
-    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
     backbone.model.requires_grad_(False)  # FPT freezes the body's attention
     modules = [m for m in backbone.model.modules() if type(m).__name__ in fo.PROJECTED_ATTENTION_CLASSES]
     assert len(modules) == 2 and all(type(m).__module__ == "fpt.fastops" for m in modules)

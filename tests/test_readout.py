@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import load_with_fast_ops
 
 from fpt import fastops
 from fpt.backbones import load_backbone
@@ -29,7 +30,7 @@ def _pair(folder: str, spec: TaskSpec, attn: str):
     models = []
     for at_rows in (True, False):
         torch.manual_seed(0)
-        model = build_fpt(load_backbone(folder, dropout=0.0, attn_implementation=attn), spec, at_rows)
+        model = build_fpt(load_with_fast_ops(folder, dropout=0.0, attn_implementation=attn), spec, at_rows)
         apply_trainable(model, ("input", "output", "positions", "layernorm"))
         models.append(model)
     return models
@@ -97,7 +98,7 @@ def test_rows_keep_lora_adapters(tiny_backbones, model_type):
     models = []
     for at_rows in (True, False):
         torch.manual_seed(0)
-        backbone = load_backbone(tiny_backbones[model_type], dropout=0.0, attn_implementation=fastops.FPT_CPU)
+        backbone = load_with_fast_ops(tiny_backbones[model_type], dropout=0.0, attn_implementation=fastops.FPT_CPU)
         model = build_fpt(backbone, spec, at_rows)
         add_lora(model.body.model, backbone.arch, r=2, targets=("attention", "feedforward"))
         torch.manual_seed(1)  # peft starts B at zero, where a skipped adapter would not show
