@@ -1,7 +1,7 @@
 """Attention maps read from the frozen model through forward hooks (the paper's Bit XOR figure).
 
-The attention modules of the backbone (the first attention class of its
-Architecture row) return `(output, weights)` under eager attention; a hook
+The attention modules of the backbone (its Architecture row's
+`attention_map_class`) return `(output, weights)` under eager attention; a hook
 records the weights as the model runs. Nothing is recomputed outside the model.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
     def ask_for_weights(_module, args, kwargs):
         return args, {**kwargs, "output_attentions": True}
 
-    modules = [m for m in body.model.modules() if type(m).__name__ == arch.attention[0]]
+    modules = [m for m in body.model.modules() if type(m).__name__ == arch.attention_map_class]
     handles = [m.register_forward_hook(hook) for m in modules]
     # NOTE: MPNet's attention returns its weights only when asked (an `output_attentions` argument); the
     # others return them under eager attention whatever is asked

@@ -15,26 +15,21 @@ from fpt.errors import FPTError
 LORA_TARGETS = ("attention", "feedforward")  # groups whose linear layers may carry adapters
 
 
-def _is_linear(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
-
-    return isinstance(module, (nn.Linear, Conv1D))
-
-
 def add_lora(model: nn.Module, arch, *, r: int, targets: tuple[str, ...], alpha: float | None = None) -> None:
     """Inject rank-`r` LoRA adapters (peft) into every linear layer of `model` in groups `targets`."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from fpt.backbones.architectures import classify_body
+    from fpt.backbones.architectures import classify_body, linear_layer_types
 
     groups = classify_body(model, arch)
+    linear = linear_layer_types(arch)
     names = [name for name, m in model.named_modules()
-             if _is_linear(m) and all(groups[f"{name}.{p}"] in targets for p, _ in m.named_parameters())]
+             if isinstance(m, linear) and all(groups[f"{name}.{p}"] in targets for p, _ in m.named_parameters())]
     if not names:
         raise FPTError(f"no linear layers in groups {', '.join(targets)} of this {arch.model_type} body for LoRA")
     # NOTE: full module paths, so peft's suffix matching cannot pick up a layer we did not choose.
     config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=0.0,
-                        target_modules=names, fan_in_fan_out=arch.model_type == "gpt2")
+                        target_modules=names, fan_in_fan_out=arch.fan_in_fan_out)
     inject_adapter_in_model(config, model)
 
 

@@ -6,8 +6,6 @@ parameter groups that `parameter_groups` assigns by visiting modules.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -15,112 +13,12 @@ from torch import nn
 
 from fpt import readout
 from fpt.backbones import Backbone
-from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, classify_body
+from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, linear_layer_types
+from fpt.bodies import HFBody
 from fpt.errors import FPTError
-from fpt.lora import lora_parameter_names
 from fpt.tasks.base import TaskSpec
 
 INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input layer
-
-
-class HFBody(nn.Module):
-    """Runs a Hugging Face base model on embeddings we provide (its token embedding is unused).
-
-    Where the model takes no `inputs_embeds` (ViT), it runs the model's blocks and final norm instead.
-    """
-
-    def __init__(self, backbone: Backbone, seq_len: int, last_block_at_readout: bool = True):
-        super().__init__()
-        self.model = backbone.model
-        self.arch = backbone.arch
-        self.width = backbone.width
-        _fit_positions(self.model, self.arch, seq_len + self.arch.position_offset)
-        # NOTE: a rotary model (Gemma) has no learned positions, ViT only 197 image ones; FPT gives them a
-        # new table of its own, added to the inputs (the "positions" group). Gemma's rotary encoding still
-        # applies inside attention.
-        self.positions = None
-        if self.arch.add_positions:
-            self.positions = nn.Embedding(seq_len, self.width)
-            nn.init.normal_(self.positions.weight, std=0.02)
-        # the last block at the read-out tokens only (fpt/readout.py); False where it has no such path
-        row_block = readout.install(self.last_block, self.arch.model_type) if last_block_at_readout else None
-        self.reads_rows = row_block is not None
-        self.rows_keep_length = self.reads_rows and row_block.keeps_length  # GPT-2: the rows gathered here
-
-    @contextlib.contextmanager
-    def full_last_block(self):
-        """Within this block the last block runs at every token (attention maps want all of its rows)."""
-        before, self.reads_rows = self.reads_rows, False
-        try:
-            yield
-        finally:
-            self.reads_rows = before
-
-    @property
-    def last_block(self) -> nn.Module:
-        return self.model.get_submodule(self.arch.layers)[-1]
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) embeddings -> (B, T, D) final hidden states, or (B, K, D) at `rows` (B, K) when given.
-
-        `rows` only where `reads_rows`.
-        """
-        if rows is None:
-            return self._forward(h, mask)
-        block = self.last_block
-        block.fpt_rows = rows
-        try:
-            out = self._forward(h, mask)  # (B, K, D), or (B, T, D) with the read rows computed
-        finally:
-            block.fpt_rows = None
-        return readout.gather_rows(out, rows) if self.rows_keep_length else out
-
-    def _forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, _ = h.shape
-        pos = torch.arange(t, device=h.device).unsqueeze(0)  # (1, T)
-        if self.positions is not None:
-            h = h + self.positions(pos)  # (B, T, D) + (1, T, D)
-        if self.arch.final_norm is not None:
-            return self._run_blocks(h, mask)
-        kwargs = {"position_ids": pos + self.arch.position_offset}
-        if "token_type_ids" in self.arch.extra_forward_kwargs:
-            kwargs["token_type_ids"] = torch.zeros(1, t, dtype=torch.long, device=h.device).expand(b, t)
-        out = self.model(inputs_embeds=h, attention_mask=mask, use_cache=False, **kwargs)
-        return out.last_hidden_state  # (B, T, D)
-
-    def _run_blocks(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The blocks and final norm, without the model's forward (ViT's reads only pixel_values)."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        # (B, T) padding mask -> what the attention implementation takes: None (no padding under sdpa),
-        # or (B, 1, T, T)
-        mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=h, attention_mask=mask)
-        for block in self.model.get_submodule(self.arch.layers):
-            h = block(h, mask)  # (B, T, D)
-        return self.model.get_submodule(self.arch.final_norm)(h)  # (B, T, D)
-
-
-@torch.no_grad()
-def _fit_positions(model: nn.Module, arch, seq_len: int) -> None:
-    """Grow a learned position table that is shorter than the task's sequences.
-
-    NOTE: MiniLM has 512 positions and GPT-2 1024, but CIFAR-10 LRA needs 1024 and
-    ListOps up to 2000. Like Longformer, we tile the pretrained rows to the new
-    length; the positions group is trained in FPT anyway.
-    """
-    for path in arch.positions:
-        old = model.get_submodule(path)
-        if old.num_embeddings >= seq_len:
-            continue
-        new = nn.Embedding(seq_len, old.embedding_dim).to(old.weight.device, old.weight.dtype)
-        reps = math.ceil(seq_len / old.num_embeddings)
-        new.weight.copy_(old.weight.repeat(reps, 1)[:seq_len])
-        parent_path, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
-        model.config.max_position_embeddings = seq_len
-        if hasattr(model.config, "n_positions"):
-            model.config.n_positions = seq_len
 
 
 class FPT(nn.Module):
@@ -177,9 +75,10 @@ def store_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
     cache only holds weights that require grad: a frozen body was re-cast on every forward. Casting
     it once gives the same numbers. Trainable parameters and optimizer state stay fp32.
     """
+    linear = linear_layer_types(getattr(model.body, "arch", None))  # nn.Linear, and GPT-2's Conv1D
     cast = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":  # GPT-2's linear layers
+        if isinstance(module, linear):
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
                     p.data = p.data.to(dtype)
@@ -191,14 +90,7 @@ def parameter_groups(model: FPT) -> dict[str, str]:
     """Every parameter name of `model` -> its group (one of GROUPS)."""
     groups = {f"input_layer.{n}": "input" for n, _ in model.input_layer.named_parameters()}
     groups.update({f"output_layer.{n}": "output" for n, _ in model.output_layer.named_parameters()})
-    body = model.body
-    if isinstance(body, HFBody):
-        groups.update({f"body.model.{n}": g for n, g in classify_body(body.model, body.arch).items()})
-        if body.positions is not None:
-            groups.update({f"body.positions.{n}": "positions" for n, _ in body.positions.named_parameters()})
-        groups.update({f"body.model.{n}": "lora" for n in lora_parameter_names(body.model)})
-    else:
-        groups.update({f"body.{n}": g for n, g in body.parameter_groups().items()})
+    groups.update({f"body.{n}": g for n, g in model.body.parameter_groups().items()})  # each body says its own
     missing = {n for n, _ in model.named_parameters()} - set(groups)
     if missing:
         raise FPTError(f"parameters without an FPT group: {sorted(missing)[:3]}")

@@ -12,8 +12,8 @@ computed, the others its input unchanged), because GPT2Model reshapes the last b
 (B, T, D) after its final norm; the body then gathers the read rows after that norm.
 
 Off where all of the last block's attention is wanted (the attention maps of fpt/attention.py), and
-for architectures or configs without a row-wise block here (`RowBlock.covers`: their last block runs
-in full).
+for architectures or configs without a row-wise block here (no `Architecture.row_block`, or
+`RowBlock.covers` says no: their last block runs in full).
 """
 from __future__ import annotations
 
@@ -185,25 +185,21 @@ class RowBlock:
     covers: Callable[[nn.Module], bool] = lambda block: True  # False: this block's config is not covered
 
 
-#: model_type -> its last block's forward at given rows
-BLOCKS_AT_ROWS: dict[str, RowBlock] = {
-    "bert": RowBlock(_bert_block_at_rows, keeps_length=False),
-    "vit": RowBlock(_vit_block_at_rows, keeps_length=False),
-    "mpnet": RowBlock(_mpnet_block_at_rows, keeps_length=False),
-    # causal Gemma only (not its bidirectional variant)
-    "gemma3_text": RowBlock(_gemma3_block_at_rows, keeps_length=False,
-                            covers=lambda block: block.self_attn.is_causal),
-    # not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
-    "gpt2": RowBlock(_gpt2_block_at_rows, keeps_length=True,
+# Each architecture's row (fpt/backbones/architectures.py `row_block`) points to its own.
+BERT_ROWS = RowBlock(_bert_block_at_rows, keeps_length=False)
+VIT_ROWS = RowBlock(_vit_block_at_rows, keeps_length=False)
+MPNET_ROWS = RowBlock(_mpnet_block_at_rows, keeps_length=False)
+# causal Gemma only (not its bidirectional variant)
+GEMMA3_ROWS = RowBlock(_gemma3_block_at_rows, keeps_length=False, covers=lambda block: block.self_attn.is_causal)
+# not GPT-2 with cross-attention, nor with eager attention's reordered fp32 upcast (neither is used by FPT)
+GPT2_ROWS = RowBlock(_gpt2_block_at_rows, keeps_length=True,
                      covers=lambda block: not (block.attn.config.add_cross_attention
-                                               or block.attn.config.reorder_and_upcast_attn)),
-}
+                                               or block.attn.config.reorder_and_upcast_attn))
 
 
-def install(block: nn.Module, model_type: str) -> RowBlock | None:
+def install(block: nn.Module, row_block: RowBlock | None) -> RowBlock | None:
     """Let `block` run at rows while `block.fpt_rows` is a (B, K) tensor; None where the architecture has no
-    row path (or this block's config is one it does not cover)."""
-    row_block = BLOCKS_AT_ROWS.get(model_type)
+    row path (`row_block` None) or this block's config is one it does not cover."""
     if row_block is None or not row_block.covers(block):
         return None
     full = block.forward

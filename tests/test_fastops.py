@@ -5,12 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import load_with_fast_ops
 
 from fpt.backbones import load_backbone
 from fpt.backbones.architectures import ARCHITECTURES
 from fpt import fastops as fo
 from fpt import native
 from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
+
+#: the architectures whose own eager attention fpt's CPU attention stands in for
+CPU_ATTENTION = sorted(name for name, arch in ARCHITECTURES.items() if arch.standard_eager)
 
 
 def test_hash_keep_mask_is_bernoulli_with_independent_neighbours():
@@ -100,7 +104,7 @@ def test_dropout_add_is_dropout_then_add(dropout_impl, dtype):
 def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
     """BERT's two residual outputs per block take the fused forward, under their own class names (the
     parameter groups find modules by name), and compute what transformers' forward computes."""
-    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
     outputs = [m for m in backbone.model.modules() if type(m).__name__ in fo.DROPOUT_ADD_NORM_CLASSES]
     assert len(outputs) == 4 and all(type(m).__module__ == "fpt.fastops" for m in outputs)
     module = outputs[-1].train()
@@ -197,12 +201,12 @@ def test_fast_dropout_scales_and_is_identity_in_eval():
 def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
     """In eval mode (no dropout) the fast path computes exactly what transformers' eager attention does
     (the tiny Gemma: 24 tokens, past its sliding window of 16)."""
-    from fpt.model import HFBody
+    from fpt.bodies import HFBody
 
     x = torch.randn(3, 24, 64)
     outs = {}
     for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(tiny_backbones[model_type], attn_implementation=attn)
+        backbone = load_with_fast_ops(tiny_backbones[model_type], attn_implementation=attn)
         torch.manual_seed(0)  # ViT's and Gemma's new position tables are drawn here
         body = HFBody(backbone, 24).eval()
         outs[attn] = body(x)
@@ -215,9 +219,9 @@ def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
 @pytest.mark.parametrize("attn", ["eager", "sdpa", FPT_CPU])
 def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     """What sits in padded positions must not change any real token's output, under every implementation."""
-    from fpt.model import HFBody
+    from fpt.bodies import HFBody
 
-    body = HFBody(load_backbone(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
+    body = HFBody(load_with_fast_ops(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
     torch.manual_seed(0)
     x = torch.randn(2, 12, 64)
     mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5])
@@ -229,7 +233,7 @@ def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
 def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf16: bool):
     """A body's outputs and input gradients at the real tokens, {attn: tensor} for transformers' eager
     attention and fpt's CPU attention; three sequences of lengths[0] tokens, padded to `lengths` or not."""
-    from fpt.model import HFBody
+    from fpt.bodies import HFBody
 
     t = lengths[0]
     torch.manual_seed(0)
@@ -237,7 +241,7 @@ def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf
     mask = (torch.arange(t) < torch.tensor(lengths)[:, None]).long() if padded else torch.ones(3, t).long()
     outs, grads = {}, {}
     for attn in ("eager", FPT_CPU):
-        backbone = load_backbone(backbone_dir, attn_implementation=attn, dropout=0.0)
+        backbone = load_with_fast_ops(backbone_dir, attn_implementation=attn, dropout=0.0)
         torch.manual_seed(1)  # Gemma's new position table: the same for both
         body = HFBody(backbone, t).train()
         h = x.clone().requires_grad_(True)
@@ -249,7 +253,7 @@ def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf
 
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-@pytest.mark.parametrize("model_type", ["bert", "gpt2", "gemma3_text"])  # bidirectional, causal, causal GQA
+@pytest.mark.parametrize("model_type", CPU_ATTENTION)  # bidirectional, causal, causal with grouped key/value heads
 @pytest.mark.parametrize("sdpa_from", [10**9, 1], ids=["eager-path", "sdpa-path"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cpu_attention_matches_eager(tiny_backbones, monkeypatch, sdpa_from, precision, model_type, padded):
@@ -308,10 +312,10 @@ def test_fused_kernel_only_for_long_sequences_of_narrow_heads():
 
 def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones, monkeypatch):
     from fpt import fastops
-    from fpt.model import HFBody
+    from fpt.bodies import HFBody
 
     monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
-    body = HFBody(load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
+    body = HFBody(load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
     weights = []
     attn_modules = [m for m in body.modules() if type(m).__name__ == "BertSelfAttention"]
     handles = [m.register_forward_hook(lambda _m, _i, out: weights.append(out[1])) for m in attn_modules]
@@ -347,19 +351,19 @@ def test_fused_gelu_everywhere_but_the_published_model(tiny_backbones, attn):
     loop uses to run transformers' model as published."""
     from fpt.fastops import TanhGELU
 
-    backbone = load_backbone(tiny_backbones["gpt2"], attn_implementation=attn)
+    backbone = load_with_fast_ops(tiny_backbones["gpt2"], attn_implementation=attn)
     acts = [type(block.mlp.act).__name__ for block in backbone.model.h]
     assert acts == ["NewGELUActivation" if attn == "eager" else TanhGELU.__name__] * len(backbone.model.h)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "gpt2"])
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_swapped_modules_keep_the_models_mode(tiny_backbones, model_type):
     """A loaded body is in eval mode; the dropout and GELU modules swapped in must be too (a fresh module starts
     in train mode, which had left a just-loaded body applying hidden dropout but not attention dropout)."""
-    model = load_backbone(tiny_backbones[model_type], attn_implementation=FPT_CPU).model
+    model = load_with_fast_ops(tiny_backbones[model_type], attn_implementation=FPT_CPU).model
     modes = {m.training for m in model.modules()}
     assert modes == {model.training}
-    assert any(isinstance(m, FastDropout) for m in model.modules())
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())  # every one swapped (Gemma has none)
 
 
 @pytest.fixture
@@ -418,8 +422,7 @@ def test_short_attention_only_where_it_fits(short_attention_kernel):
 
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-# bidirectional, causal (Gemma 3's queries and keys leave its fp32 norms in fp32 under autocast: no kernel)
-@pytest.mark.parametrize("model_type", ["bert", "gpt2"])
+@pytest.mark.parametrize("model_type", CPU_ATTENTION)
 def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_attention_kernel, monkeypatch,
                                                      model_type, padded):
     """At 32 tokens in bf16 fpt's CPU attention takes the kernel; the bodies' outputs and input gradients
@@ -427,7 +430,10 @@ def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_atten
     calls, kernel = [], fo.short_attention
     monkeypatch.setattr(fo, "short_attention", lambda *args: calls.append(1) or kernel(*args))
     outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [32, 20, 5], padded, bf16=True)
-    assert calls, "fpt's CPU attention did not take the kernel"
+    # queries and keys normed in attention (Gemma 3's q_norm, k_norm) leave those fp32 norms in fp32 under
+    # autocast: the kernel, bf16 only, is not for them
+    qk_normed = any(hasattr(m, "q_norm") for m in load_backbone(tiny_backbones[model_type]).model.modules())
+    assert bool(calls) != qk_normed, "fpt's CPU attention did not take the kernel"
     torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(grads[FPT_CPU], grads["eager"], rtol=3e-2, atol=3e-2)
 
@@ -464,7 +470,7 @@ def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeyp
 
 
 def _frozen_bert_self_attention(tiny_backbones):
-    backbone = load_backbone(tiny_backbones["bert"], attn_implementation=FPT_CPU)
+    backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
     backbone.model.requires_grad_(False)  # FPT freezes the body's attention
     modules = [m for m in backbone.model.modules() if type(m).__name__ in fo.PROJECTED_ATTENTION_CLASSES]
     assert len(modules) == 2 and all(type(m).__module__ == "fpt.fastops" for m in modules)

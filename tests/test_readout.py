@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import load_with_fast_ops
 
 from fpt import fastops
 from fpt.backbones import load_backbone
+from fpt.backbones.architectures import ARCHITECTURES
 from fpt.model import apply_trainable, build_fpt
-from fpt.readout import BLOCKS_AT_ROWS
 from fpt.tasks.base import TaskSpec
 
 SPECS = {
@@ -20,13 +21,16 @@ SPECS = {
                                   padded=True),
 }
 
+#: the architectures whose last block runs at the read-out rows (a `row_block` in their row)
+READS_ROWS = sorted(name for name, arch in ARCHITECTURES.items() if arch.row_block is not None)
+
 
 def _pair(folder: str, spec: TaskSpec, attn: str):
     """The same FPT model twice: last block at the read-out rows, and in full."""
     models = []
     for at_rows in (True, False):
         torch.manual_seed(0)
-        model = build_fpt(load_backbone(folder, dropout=0.0, attn_implementation=attn), spec, at_rows)
+        model = build_fpt(load_with_fast_ops(folder, dropout=0.0, attn_implementation=attn), spec, at_rows)
         apply_trainable(model, ("input", "output", "positions", "layernorm"))
         models.append(model)
     return models
@@ -44,7 +48,7 @@ def _inputs(spec: TaskSpec):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU, "fpt_cpu-fused"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+@pytest.mark.parametrize("model_type", READS_ROWS)
 def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn, monkeypatch):
     if attn == "fpt_cpu-fused":  # fpt's CPU attention on its fused-kernel path (K queries, T keys)
         monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
@@ -67,7 +71,7 @@ def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn,
 def test_every_architecture_reads_rows_and_an_uncovered_config_runs_the_full_block(tiny_backbones):
     for model_type, folder in tiny_backbones.items():
         model = build_fpt(load_backbone(folder, dropout=0.0), SPECS["one token"])
-        assert model.body.reads_rows == (model_type in BLOCKS_AT_ROWS)
+        assert model.body.reads_rows == (model_type in READS_ROWS)
         assert model(torch.randn(2, 12, 5)).shape == (2, 1, 3)
     backbone = load_backbone(tiny_backbones["gpt2"], dropout=0.0, attn_implementation="eager")
     backbone.model.config.reorder_and_upcast_attn = True  # eager's fp32 path, which the row block does not take
@@ -85,7 +89,7 @@ def test_rows_are_reset_after_a_failed_forward(tiny_backbones):
     assert model.body.last_block.fpt_rows is None
 
 
-@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+@pytest.mark.parametrize("model_type", READS_ROWS)
 def test_rows_keep_lora_adapters(tiny_backbones, model_type):
     """LoRA adapters on the last block's layers (attention and feed-forward) take part at the read rows."""
     from fpt.lora import add_lora
@@ -94,7 +98,7 @@ def test_rows_keep_lora_adapters(tiny_backbones, model_type):
     models = []
     for at_rows in (True, False):
         torch.manual_seed(0)
-        backbone = load_backbone(tiny_backbones[model_type], dropout=0.0, attn_implementation=fastops.FPT_CPU)
+        backbone = load_with_fast_ops(tiny_backbones[model_type], dropout=0.0, attn_implementation=fastops.FPT_CPU)
         model = build_fpt(backbone, spec, at_rows)
         add_lora(model.body.model, backbone.arch, r=2, targets=("attention", "feedforward"))
         torch.manual_seed(1)  # peft starts B at zero, where a skipped adapter would not show
@@ -115,7 +119,7 @@ def test_rows_keep_lora_adapters(tiny_backbones, model_type):
             torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("model_type", sorted(BLOCKS_AT_ROWS))
+@pytest.mark.parametrize("model_type", READS_ROWS)
 def test_attention_maps_see_the_whole_last_block(tiny_backbones, model_type, tmp_path):
     """An experiment that reads rows still gives every layer's full (T, T) map: the maps run the last block
     at every token."""

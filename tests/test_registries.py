@@ -1,26 +1,27 @@
 """The registries are complete: every entry carries what the code elsewhere asks it for.
 
-Tests parametrised over TASKS and over the tiny checkpoints (conftest's TINY_CONFIGS) pick up a new
-entry by themselves; these checks make sure a new entry cannot skip the parts they rely on.
+Tests parametrised over TASKS and over ARCHITECTURES (the tiny checkpoints of conftest.py, built from each
+row's `tiny_config`) pick up a new entry by themselves; these checks make sure a new entry cannot skip the
+parts they rely on.
 """
 import csv
 
-from conftest import TINY_CONFIGS
-
 from fpt.backbones import BACKBONES
-from fpt.backbones.architectures import ARCHITECTURES
+from fpt.backbones.architectures import ARCHITECTURES, linear_layer_types
 from fpt.commands.backbones import installable
 from fpt.commands.data import preparable
 from fpt.report import REFERENCE
 from fpt.tasks import TASKS
 
 
-def test_every_architecture_has_a_tiny_test_config():
-    missing, extra = set(ARCHITECTURES) - set(TINY_CONFIGS), set(TINY_CONFIGS) - set(ARCHITECTURES)
-    assert not missing, (f"architecture(s) {sorted(missing)} have no tiny test config: add one to TINY_CONFIGS in "
-                         f"tests/conftest.py (keyed by model_type), so the tests over tiny_backbone cover them")
-    assert not extra, (f"TINY_CONFIGS in tests/conftest.py has {sorted(extra)}, which fpt/backbones/architectures.py "
-                       f"ARCHITECTURES does not define")
+def test_every_architecture_has_a_tiny_test_config_and_an_attention_map_class():
+    for name, arch in ARCHITECTURES.items():
+        assert arch.tiny_config, (f"architecture {name!r} has no tiny_config (fpt/backbones/architectures.py): "
+                                  f"tests/conftest.py builds a tiny random model of every row from it")
+        assert arch.attention_map_class in arch.attention, (
+            f"architecture {name!r}: attention_map_class {arch.attention_map_class!r} is none of its attention "
+            f"classes; fpt/attention.py hooks it for attention maps")
+        linear_layer_types(arch)  # its linear_classes import
 
 
 def test_tasks_with_files_can_prepare_them():

@@ -1,6 +1,6 @@
 """The ViT row (paper Table 2): transformers' ViTModel blocks with a new learned position table.
 
-The tiny checkpoint comes from conftest's TINY_CONFIGS, so test_groups.py already runs the freezing
+The tiny checkpoint comes from the architecture's `tiny_config`, so test_groups.py already runs the freezing
 matrix over it; here: what is special about ViT (no `inputs_embeds`: FPT runs its blocks and final
 norm itself), hub-format checkpoints, padding masks, attention maps, the offline Random row.
 """
@@ -13,7 +13,8 @@ from fpt.backbones import VIT_CONFIG, load_backbone
 from fpt.cli import main
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
-from fpt.model import HFBody, build_fpt, count_parameters, parameter_groups
+from fpt.bodies import HFBody
+from fpt.model import build_fpt, count_parameters, parameter_groups
 from fpt.tasks import build_task
 from fpt.train import build_experiment, loss_and_correct, train
 

@@ -252,7 +252,8 @@ def _missing_weights(name: str, ref: str) -> FPTError:
 
 def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None = None,
                   attn_implementation: str = "sdpa", seed: int = 0) -> Backbone:
-    """Build the body of backbone `name` with `init` in pretrained | random | stats."""
+    """Build the body of backbone `name` with `init` in pretrained | random | stats, as transformers has it
+    (fpt/bodies.py `use_fast_ops` then swaps in fpt's faster modules for `attn_implementation`)."""
     from transformers import AutoModel
 
     if init not in INITS:
@@ -262,7 +263,6 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     if name in BACKBONES and BACKBONES.get(name).random_only and init != "random":
         raise FPTError(f"backbone {name!r} has no pretrained weights: use --init random")
     config, arch, ref = load_config(name, dropout=dropout)
-    as_published = attn_implementation == "eager"  # transformers' modules untouched (the bench's reference loop)
     fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops.py): same math, fewer passes
     if fast_cpu and arch.standard_eager:
         fastops.register()
@@ -281,12 +281,6 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
         if init == "stats":
             redraw_from_statistics(model, seed=seed)
     model.float()
-    if fast_cpu:
-        fastops.use_fast_dropout(model)
-        fastops.use_fused_residual(model)
-        fastops.use_projected_attention(model)
-    if not as_published:
-        fastops.use_fused_gelu(model)
     return Backbone(name=name, model=model, arch=arch, init=init, source=ref)
 
 

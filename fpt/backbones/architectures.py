@@ -5,12 +5,18 @@ this table is the only place that says so for each Hugging Face architecture.
 Parameters are classified by visiting modules (class names and exact paths),
 never by substrings of parameter names: a renamed module makes
 `classify_parameters` fail loudly instead of silently changing what trains.
+
+A row also says what fpt's own code runs for its architecture (its last block at the read-out rows,
+its linear layer classes and LoRA's layout of them, the attention-map module) and the tiny random model
+the tests build of it: adding an architecture is one row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from fpt import readout
 
 #: Every parameter belongs to exactly one of these groups. `recurrent` is the LSTM baseline's
 #: body (fpt/bodies.py); `lora` holds LoRA adapters (fpt/lora.py). `unused` stays last.
@@ -54,6 +60,15 @@ class Architecture:
     # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
     norm_position: str = "post-LN"  # where each block's norms sit: post-LN (BERT, MPNet) or pre-LN (GPT-2, ...)
+    # -- what fpt's own code runs for it (fpt/readout.py, fpt/lora.py, fpt/model.py, fpt/attention.py) and the
+    # tiny random model the tests build of it (tests/conftest.py) --
+    row_block: readout.RowBlock | None = None  # its last block at the read-out rows only; None: in full
+    linear_classes: tuple[str, ...] = ()  # import paths of its linear layers that are not nn.Linear
+    fan_in_fan_out: bool = False  # those store their weight (in, out), as peft's LoRA must be told
+    attention_map_class: str = ""  # the attention class whose output holds its weights (fpt/attention.py)
+    # a tiny random model's config overrides; initializer_range 0.1 (not 0.02): a model this small needs larger
+    # random weights for its frozen attention to single out positions at all
+    tiny_config: dict = field(default_factory=dict, hash=False)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -72,6 +87,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             # NOTE: GPT-2's `reorder_and_upcast_attn` variant runs only under the name "eager"; fpt's
             # CPU attention is its plain path
             standard_eager=True,
+            row_block=readout.GPT2_ROWS,
+            linear_classes=("transformers.pytorch_utils.Conv1D",),
+            fan_in_fan_out=True,
+            attention_map_class="GPT2Attention",
+            tiny_config=dict(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=100, initializer_range=0.1,
+                             bos_token_id=0, eos_token_id=0),
         ),
         Architecture(
             model_type="bert",
@@ -86,6 +107,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             extra_forward_kwargs=("token_type_ids",),
             drop_pooler=True,
             standard_eager=True,
+            row_block=readout.BERT_ROWS,
+            attention_map_class="BertSelfAttention",
+            tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                             max_position_embeddings=64, vocab_size=100, initializer_range=0.1),
         ),
         Architecture(
             model_type="mpnet",
@@ -102,6 +127,10 @@ ARCHITECTURES: dict[str, Architecture] = {
             position_offset=2,  # padding_idx 1; real positions start at row 2
             attn_implementation="eager",
             drop_pooler=True,
+            row_block=readout.MPNET_ROWS,
+            attention_map_class="MPNetAttention",
+            tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                             max_position_embeddings=66, vocab_size=100, initializer_range=0.1),
         ),
         Architecture(
             model_type="gemma3_text",
@@ -120,6 +149,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             # plain eager attention plus grouped key/value heads and an optional score cap, both of which
             # fpt's CPU attention applies; sliding windows come in its mask
             standard_eager=True,
+            row_block=readout.GEMMA3_ROWS,
+            attention_map_class="Gemma3Attention",
+            tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                             hidden_size=64, intermediate_size=128, max_position_embeddings=256, vocab_size=100,
+                             sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                             initializer_range=0.1),
         ),
         Architecture(
             model_type="vit",
@@ -141,6 +176,11 @@ ARCHITECTURES: dict[str, Architecture] = {
             drop_pooler=True,
             final_norm="layernorm",
             standard_eager=True,
+            row_block=readout.VIT_ROWS,
+            attention_map_class="ViTAttention",
+            # 2 x 2 patches of a 32 x 32 image: ViT's own 5-row position table, which FPT does not use
+            tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
+                             image_size=32, patch_size=16, initializer_range=0.1),
         ),
     )
 }
@@ -154,6 +194,17 @@ def architecture_for(model_type: str) -> Architecture:
             f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     return ARCHITECTURES[model_type]
+
+
+def linear_layer_types(arch: Architecture | None) -> tuple[type, ...]:
+    """nn.Linear and the architecture's other linear layer classes (imported here: transformers loads lazily)."""
+    import importlib
+
+    extra = []
+    for path in arch.linear_classes if arch is not None else ():
+        module, _, name = path.rpartition(".")
+        extra.append(getattr(importlib.import_module(module), name))
+    return (nn.Linear, *extra)
 
 
 def classify_body(model: nn.Module, arch: Architecture) -> dict[str, str]:
