@@ -100,6 +100,11 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
 
 
 def get_budget(name: str) -> dict[str, TaskBudget]:
+    """The budget's cells by task: the ones above, and a registered task's own (`Task.budgets`) where
+    this file has none for it."""
+    from fpt.tasks import TASKS
+
     if name not in BUDGETS:
         raise FPTError(f"unknown budget {name!r}; choose from: {', '.join(BUDGETS)}")
-    return BUDGETS[name]
+    own = {task: cls.budgets[name] for task, cls in TASKS.items() if name in cls.budgets}
+    return {**own, **BUDGETS[name]}

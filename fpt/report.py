@@ -362,8 +362,10 @@ def report(out: Path, *, budget: str | None = None) -> str:
     table = write_table(matrix, records, out / "table.md", budget=budget)
     plot_learning_curves(matrix, records, out)
     plot_steps_to_converge(matrix, records, out, budget)
-    if "bit-xor" in matrix.tasks:
-        from fpt.attention import plot_bit_xor_attention
+    from fpt.tasks import TASKS
 
-        plot_bit_xor_attention(matrix, records, out)
+    for task in matrix.tasks:  # a task's own figures (Bit XOR: attention maps)
+        draw = TASKS.get(task).report_figures if task in TASKS else None
+        if draw is not None:
+            draw(matrix, records, out)
     return table

@@ -5,6 +5,7 @@ row's `tiny_config`) pick up a new entry by themselves; these checks make sure a
 parts they rely on.
 """
 import csv
+import json
 
 from fpt.backbones import BACKBONES
 from fpt.backbones.architectures import ARCHITECTURES, linear_layer_types
@@ -49,3 +50,49 @@ def test_installable_backbones_have_an_installer():
     for name in installable():
         mod = importlib.import_module(BACKBONES.get(name).installer)
         assert mod.PACKAGES and callable(mod.prepare), name
+
+
+def test_a_new_task_is_one_file_and_one_registry_line(tmp_path, tiny_backbones, monkeypatch):
+    """A task class that brings its own budget cell runs through `fpt reproduce` and `fpt report` with no
+    other file touched: no budget, command or report table names it."""
+    import torch
+
+    from fpt.budgets import TaskBudget
+    from fpt.cli import main
+    from fpt.tasks import Batch, Task, TaskData, TaskSpec
+
+    class ParityData(TaskData):
+        draws_train = True
+
+        def __init__(self, spec, seed):
+            self.spec = spec
+            g = torch.Generator().manual_seed(seed)
+            super().__init__(spec, {"train": self._draw(8, g), "val": self._draw(64, g), "test": self._draw(64, g)})
+
+        @staticmethod
+        def _draw(n, g):
+            x = torch.randint(0, 2, (n, 4, 1), generator=g).float() * 2 - 1  # (N, 4 tokens, 1)
+            return Batch(x, ((x > 0).sum(dim=(1, 2)) % 2).view(n, 1))
+
+        def train_batch(self, batch_size, generator):
+            return self._draw(batch_size, generator)
+
+    class Parity(Task):
+        budgets = {"smoke": TaskBudget(steps=6, eval_every=3, batch_size=8, target_accuracy=0.9)}
+
+        def __init__(self, **options):
+            super().__init__(**options)
+            self.spec = TaskSpec(name="parity", input_kind="continuous", token_dim=1, seq_len=4, num_classes=2)
+
+        def load(self, *, seed, data_dir=None):
+            return ParityData(self.spec, seed)
+
+    monkeypatch.setitem(TASKS._items, "parity", Parity)  # the one registry line: @TASKS.register("parity")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(f"name: m\ntasks: [parity]\ndefaults: {{backbone: {tiny_backbones['gpt2']}}}\n"
+                      f"rows:\n  - {{name: FPT, config: {{}}}}\n")
+    out = tmp_path / "out"
+    assert main(["reproduce", str(matrix), "--budget", "smoke", "--out", str(out), "--quiet"]) == 0
+    result = json.loads(next(out.glob("runs/fpt/parity/*/result.json")).read_text())
+    assert result["steps"] == 6 and result["config"]["batch_size"] == 8  # the task's own budget cell
+    assert "parity" in (out / "table.md").read_text()
