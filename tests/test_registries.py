@@ -48,3 +48,21 @@ def test_installable_backbones_have_an_installer():
     for name in installable():
         mod = importlib.import_module(BACKBONES.get(name).installer)
         assert mod.PACKAGES and callable(mod.prepare), name
+
+
+def test_every_model_row_names_its_default_groups():
+    """fpt/groups.py DEFAULT_TRAIN (what the config trains when --train is unset) covers exactly the rows."""
+    from fpt.bodies import MODELS
+    from fpt.groups import DEFAULT_TRAIN
+
+    assert list(MODELS) == list(DEFAULT_TRAIN)
+
+
+def test_config_sits_at_the_bottom_of_the_import_graph():
+    """fpt/config.py validates a config without importing the modules that build models (or torch)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fpt.config; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fpt', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out) <= {"fpt", "fpt.config", "fpt.errors", "fpt.groups", "fpt.registry"}, out
