@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fpt.config import BENCH_VARIANTS, TrainConfig
 from fpt.errors import FPTError
-from fpt.precision import autocast as precision_autocast
 from fpt.tasks import Batch
-from fpt.train import Experiment, build_experiment, loss_and_correct, train_step
+from fpt.train import Experiment, build_experiment, loss_and_correct, make_optimizer, train_step
 from fpt.utils import keep_freed_cpu_memory
 
 REFERENCE_MICRO_BATCH = 16  # the paper's code: batch 16, gradient accumulation to the global batch
@@ -159,13 +158,17 @@ def _time(step, n: int, device: torch.device) -> float:
 # fpt's loop
 
 
-def build_fpt_loop(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, Callable[[], torch.Tensor]]:
-    """fpt's loop for `cfg`: (experiment, optimizer, one training step returning its loss)."""
+def start_fpt(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, torch.Generator]:
+    """What `fpt train` starts from for `cfg`: (experiment, its optimizer, the generator of training batches)."""
     exp = build_experiment(cfg)
     if exp.device.type == "cpu":
         keep_freed_cpu_memory()  # as `fpt train` does (the reference loop, the paper's code, does not)
-    optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    return exp, make_optimizer(exp), torch.Generator().manual_seed(cfg.seed)
+
+
+def build_fpt_loop(cfg: TrainConfig) -> tuple[Experiment, torch.optim.Optimizer, Callable[[], torch.Tensor]]:
+    """fpt's loop for `cfg`: (experiment, optimizer, one training step returning its loss)."""
+    exp, optimizer, gen = start_fpt(cfg)
 
     def step() -> torch.Tensor:
         batch = exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True)
@@ -214,7 +217,7 @@ def _eval_tokens_per_s(exp: Experiment, n_batches: int, *, graph: bool, batch_si
     tokens = sum(b.x.shape[0] * b.x.shape[1] for b in batches)
     exp.model.eval()
     ctx = contextlib.nullcontext if graph else torch.inference_mode
-    autocast = precision_autocast(cfg.precision, exp.device)
+    autocast = exp.autocast()
 
     def run():
         with ctx(), autocast:
@@ -312,13 +315,13 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
     """Train `loop` ("fpt" or "reference") with `cfg`'s recipe (steps, learning-rate schedule, batch),
     testing every `cfg.eval_every` steps, until the test accuracy reaches `target` or the steps run out.
     Wall seconds count from the first step and include the evaluations, each loop's own way."""
-    from fpt.train import evaluate
+    from fpt.train import evaluate, scheduled_step
 
-    if loop == "fpt":
-        exp, optimizer, fpt_step = build_fpt_loop(cfg)
+    if loop == "fpt":  # `fpt train`'s steps: its optimizer, batch stream and schedule (fpt.train.scheduled_step)
+        exp, optimizer, gen = start_fpt(cfg)
 
-        def step():
-            loss = fpt_step()
+        def step(s: int):
+            loss = scheduled_step(exp, optimizer, gen, s)[1]
             if not torch.isfinite(loss):
                 raise FPTError(f"fpt's loop diverged (loss {loss.item()}): lower --lr or raise --grad-clip")
 
@@ -326,7 +329,12 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
             return evaluate(exp, "test")["accuracy"]
         precision = exp.cfg.precision  # resolved
     else:
-        exp, optimizer, step, micro = build_reference(cfg)
+        exp, optimizer, reference_step, micro = build_reference(cfg)
+
+        def step(s: int):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(s)  # fpt's schedule: only the loop differs
+            reference_step()
 
         def test_accuracy():
             return _reference_test_accuracy(exp, micro)
@@ -334,9 +342,7 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
     exp.model.train()
     curve, reached, start = [], None, time.perf_counter()
     for s in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(s)  # the same schedule for both loops: only the loop differs
-        step()
+        step(s)
         if (s + 1) % cfg.eval_every == 0 or s + 1 == cfg.steps:
             _sync(exp.device)
             accuracy = test_accuracy()
@@ -452,9 +458,9 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
 
 
 def build_experiment_spec(cfg: TrainConfig):
-    from fpt.tasks import build_task
+    from fpt.tasks import task_from_config
 
-    return build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options).spec
+    return task_from_config(cfg).spec
 
 
 def _line(f: LoopFigures) -> str:

@@ -5,9 +5,9 @@
   lstm  the paper's LSTM baseline: 3 layers of width 768 with layer norm, fully trained
 
 Every row has the same input and output layers (fpt/model.py `FPT`); a row only
-builds the body (HFBody or LSTMBody, here) and says which groups train by default.
-Each body names its own parameters' groups (`parameter_groups`). Each row is one
-registry entry, so `build_model` has no if-chain over row names.
+builds the body (HFBody or LSTMBody, here) and says which groups train by default
+(fpt/groups.py DEFAULT_TRAIN). Each body names its own parameters' groups (`parameter_groups`).
+Each row is one registry entry, so `build_model` has no if-chain over row names.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from fpt import readout
 from fpt.backbones import Backbone, load_backbone
-from fpt.backbones.architectures import FPT_GROUPS, TRAINABLE_GROUPS, classify_body
+from fpt.backbones.architectures import classify_body
 from fpt.errors import FPTError
 from fpt.lora import lora_parameter_names
 from fpt.registry import Registry
@@ -36,7 +36,6 @@ class ModelKind:
     name: str
     description: str
     build: Callable  # (cfg, spec) -> (body nn.Module, width, Backbone | None)
-    default_train: tuple[str, ...]  # groups that learn when the config does not name them
 
 
 MODELS: Registry[ModelKind] = Registry("model")
@@ -240,10 +239,10 @@ def _build_lstm(cfg, spec):
 
 MODELS.register("fpt", ModelKind(
     "fpt", "a transformer backbone (--backbone, --init, --layers, --lora-r); FPT's groups train by default",
-    _build_transformer, FPT_GROUPS))
+    _build_transformer))
 MODELS.register("lstm", ModelKind(
     "lstm", f"{LSTM_LAYERS}-layer LSTM of width {LSTM_WIDTH} with layer norm, fully trained "
-    f"(the paper used --lr {LSTM_LR:g})", _build_lstm, TRAINABLE_GROUPS))
+    f"(the paper used --lr {LSTM_LR:g})", _build_lstm))
 
 
 def build_model(cfg, spec):

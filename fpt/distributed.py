@@ -1,6 +1,8 @@
 """Data-parallel training with PyTorch DDP: `torchrun -m fpt train ...` or `fpt train --nproc N`.
 
-Every process runs the same `fpt.train.train`; this module is what differs between them.
+Every process runs the same `fpt.train.train`, which hands over to `train_data_parallel` here: the
+single-process steps, each checked on every rank, with the built Experiment made data-parallel
+(`data_parallel`) and this process's `Ranks` for fpt.train's `OneProcess` hooks.
 
 - Process group: gloo on the CPU, NCCL on GPUs (process LOCAL_RANK on cuda:LOCAL_RANK), from the
   WORLD_SIZE / RANK / LOCAL_RANK variables torchrun sets. Without them: one process, nothing changes.
@@ -25,11 +27,13 @@ Every process runs the same `fpt.train.train`; this module is what differs betwe
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -37,6 +41,7 @@ import torch
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
 from fpt.tasks import Batch, TaskData
+from fpt.train import Experiment, OneProcess, build_experiment, prepare_run_dir, resume_point, run
 
 # NOTE: a float32 cross-entropy can overflow to inf from finite logits beyond about 1e38; flagging
 # logits this large as non-finite keeps every rank's divergence check in step (see `agree_finite`).
@@ -125,8 +130,8 @@ class ShardedData:
 
 
 @dataclass
-class Ranks:
-    """This process's place among the data-parallel processes (rank 0 of 1 without torchrun)."""
+class Ranks(OneProcess):
+    """This process's place among the data-parallel processes, and fpt.train's `OneProcess` hooks for it."""
 
     rank: int = 0
     world_size: int = 1
@@ -162,6 +167,9 @@ class Ranks:
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
+
+    def evaluates(self, batch_index: int) -> bool:
+        return batch_index % self.world_size == self.rank  # rank r takes batches r, r+W, r+2W, ...
 
     def agree(self, fn: Callable[[], Any], *, main_only: bool = False) -> Any:
         """fn() on every rank (or on rank 0, whose value every rank gets); an FPTError anywhere stops all."""
@@ -216,20 +224,6 @@ class Ranks:
             return logits + float("nan")
         return logits
 
-    def attach(self, exp) -> None:
-        """Make `exp` data-parallel: sharded training batches, the forward pass through DDP."""
-        exp.ranks = self
-        if not self.enabled:
-            return
-        from torch.nn.parallel import DistributedDataParallel
-
-        exp.data = ShardedData(exp.data, self)
-        # NOTE: DDP registers gradient hooks only on parameters that require grad: the trainable
-        # groups. Buffers never change in these models, so they are not re-broadcast every step.
-        exp.ddp = DistributedDataParallel(
-            exp.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            forward_sync_buffers=False, find_unused_parameters=False, gradient_as_bucket_view=True)
-
     def stream_states(self) -> list[dict] | None:
         """Every rank's dropout RNG state, for the checkpoint (None in one process)."""
         if not self.enabled:
@@ -260,6 +254,48 @@ class Ranks:
             # frame). Collected here, while the interpreter is whole: 0 aborts in 60 runs of the DDP
             # test's command, against 3 in 30 without.
             gc.collect()
+
+
+@dataclass
+class DataParallelExperiment(Experiment):
+    """An Experiment whose training batches are this rank's slice and whose training forward runs through DDP."""
+
+    ranks: Ranks | None = None
+    ddp: torch.nn.Module | None = None  # `model` in DistributedDataParallel
+
+    def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled():  # a training step: gradients all-reduced (no feature cache under DDP)
+            return self.ranks.agree_finite(self.ddp(x, lengths))
+        return self.model(x, lengths)
+
+
+def data_parallel(exp: Experiment, ranks: Ranks) -> DataParallelExperiment:
+    """`exp` made data-parallel: sharded training batches, the training forward through DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # NOTE: DDP registers gradient hooks only on parameters that require grad: the trainable
+    # groups. Buffers never change in these models, so they are not re-broadcast every step.
+    ddp = DistributedDataParallel(
+        exp.model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
+        forward_sync_buffers=False, find_unused_parameters=False, gradient_as_bucket_view=True)
+    return DataParallelExperiment(**{**vars(exp), "data": ShardedData(exp.data, ranks)}, ranks=ranks, ddp=ddp)
+
+
+def train_data_parallel(cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool) -> dict:
+    """`fpt.train.train` in one of torchrun's processes: its steps, each checked on every rank (an FPTError
+    on any stops all; rank 0 prints it), rank 0 owning the run directory, then `run` data-parallel."""
+    ranks = setup(cfg)
+    try:
+        with contextlib.ExitStack() as held:  # rank 0's lock on the run directory, released however we leave
+            run_dir: Path = ranks.agree(lambda: prepare_run_dir(cfg, resume=resume, overwrite=overwrite, held=held),
+                                        main_only=True)
+            ckpt = None
+            if resume:
+                ckpt, cfg = ranks.agree(lambda: resume_point(cfg, run_dir))
+            exp = data_parallel(ranks.agree(lambda: build_experiment(cfg)), ranks)
+            return run(exp, run_dir, ckpt, progress=progress, processes=ranks)
+    finally:
+        ranks.close()
 
 
 def setup(cfg: TrainConfig) -> Ranks:

@@ -139,7 +139,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
     from fpt.bodies import build_model
     from fpt.model import store_frozen_matmul_weights
-    from fpt.tasks import build_task
+    from fpt.tasks import task_from_config
     from fpt.tasks.custom import CustomTask, is_task_file
     from fpt.utils import pick_device
 
@@ -164,9 +164,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     elif is_task_file(cfg.task):  # a run from before task.json: rebuilt from its training data
         if not Path(cfg.task).is_file():
             raise FPTError(f"{run_dir} has no {TASK} and its task file {cfg.task!r} is not found from here")
-        task = CustomTask.as_run(build_task(cfg.task, **cfg.task_options).encoding())
+        task = CustomTask.as_run(task_from_config(cfg).encoding())
     else:
-        task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+        task = task_from_config(cfg)
     model, backbone = build_model(cfg, task.spec)
     frozen = backbone.weights_sha256() if backbone is not None else "none"
     if frozen != ckpt["weights_sha256"]:

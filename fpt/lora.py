@@ -11,8 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from fpt.errors import FPTError
-
-LORA_TARGETS = ("attention", "feedforward")  # groups whose linear layers may carry adapters
+from fpt.groups import LORA_TARGETS  # noqa: F401  (groups whose linear layers may carry adapters)
 
 
 def add_lora(model: nn.Module, arch, *, r: int, targets: tuple[str, ...], alpha: float | None = None) -> None:

@@ -13,9 +13,10 @@ from torch import nn
 
 from fpt import readout
 from fpt.backbones import Backbone
-from fpt.backbones.architectures import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS, linear_layer_types
-from fpt.bodies import HFBody
+from fpt.backbones.architectures import linear_layer_types
+from fpt.bodies import HFBody  # noqa: F401  (also fpt.model's API, where it lived)
 from fpt.errors import FPTError
+from fpt.groups import GROUPS, parse_groups  # noqa: F401  (parse_groups: fpt.model's API)
 from fpt.tasks.base import TaskSpec
 
 INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input layer
@@ -95,26 +96,6 @@ def parameter_groups(model: FPT) -> dict[str, str]:
     if missing:
         raise FPTError(f"parameters without an FPT group: {sorted(missing)[:3]}")
     return groups
-
-
-def parse_groups(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """'input,output' | 'fpt' | 'all' | 'none' -> a validated tuple of trainable groups."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for raw in names:
-        name = raw.strip()
-        if name in ("", "none"):
-            continue
-        if name == "fpt":
-            out += FPT_GROUPS
-        elif name == "all":
-            out += TRAINABLE_GROUPS
-        elif name in TRAINABLE_GROUPS:
-            out.append(name)
-        else:
-            raise FPTError(f"unknown parameter group {name!r}; choose from: "
-                           f"{', '.join(TRAINABLE_GROUPS)} (or fpt, all)")
-    return tuple(g for g in TRAINABLE_GROUPS if g in out)  # canonical order, no repeats
 
 
 def apply_trainable(model: FPT, train: tuple[str, ...]) -> dict[str, str]:

@@ -22,10 +22,10 @@ import warnings
 
 import torch
 
+from fpt.config import PRECISIONS  # noqa: F401  (auto | fp32 | bf16: config's closed set)
 from fpt.errors import FPTError
 from fpt.utils import cache_root, cpu_flags, write_json_atomic
 
-PRECISIONS = ("auto", "fp32", "bf16")
 CONCRETE = ("fp32", "bf16")
 PROBE_ROWS = 512  # tokens in a probe matmul: a batch of 8 x 64, one step's smallest matmul
 PROBE_MIN_WIDTH = 256  # narrower (test-sized) models are probed at this width: tiny matmuls time only noise

@@ -230,7 +230,7 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
     from fpt.bodies import build_model
     from fpt.precision import autocast
     from fpt.precision import resolve as resolve_precision
-    from fpt.tasks import Batch, build_task
+    from fpt.tasks import task_from_config
     from fpt.train import loss_and_correct
     from fpt.utils import pick_device
 
@@ -242,7 +242,7 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
         cfg, key = run.config, (run.row.slug, run.task)
         if key not in measured:
             try:
-                spec = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options).spec
+                spec = task_from_config(cfg).spec
                 device = pick_device(cfg.device)
                 model = build_model(cfg, spec)[0].to(device).train()
                 precision, _ = resolve_precision(cfg.precision, device, model.width)

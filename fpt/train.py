@@ -6,14 +6,17 @@ One run writes into its run directory:
   checkpoint.pt   trainable weights, optimizer and every RNG state (for --resume)
   result.json     the final record (see `_result`)
 
-Under torchrun (`fpt train --nproc N`) every process runs `train`; fpt/distributed.py says what
-differs between them (sharded batches, DDP, rank 0 writes).
+`train` reads top to bottom: own the run directory, read the checkpoint (--resume), build, then `run`:
+optimizer and state (restored), the loop, the result. Under torchrun (`fpt train --nproc N`) every process
+hands over to fpt/distributed.py, which runs these same steps with its `Ranks` where this file passes
+`OneProcess` (each hook the plain single-process case) and the Experiment made data-parallel.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -27,13 +30,12 @@ import torch.nn.functional as F
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
 from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
-from fpt.distributed import Ranks, setup
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
 from fpt.precision import autocast
 from fpt.precision import resolve as resolve_precision
 from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summarize_counts
-from fpt.tasks import Batch, TaskData, build_task
+from fpt.tasks import Batch, TaskData, task_from_config
 from fpt.tblog import ScalarLog, summary_writer_class
 from fpt.utils import (WriteFailed, device_name, hold_folder, host_kind, keep_freed_cpu_memory, pick_device,
                        seed_everything, torch_save_atomic, versions, write_json_atomic, write_text_atomic)
@@ -63,8 +65,6 @@ class Experiment:
     device: torch.device
     cache: FeatureCache | None = None  # output-only training from cached features
     frozen_sha256: str | None = None  # hash of the body as built, before any bf16 storage
-    ranks: Ranks = field(default_factory=Ranks)  # data-parallel processes (one without torchrun)
-    ddp: torch.nn.Module | None = None  # `model` wrapped in DistributedDataParallel under torchrun
     precision_info: dict = field(default_factory=dict)  # what `precision: auto` decided and measured
     tensorboard: ScalarLog | None = None  # --tensorboard: opened by the first evaluation (rank 0)
 
@@ -75,9 +75,11 @@ class Experiment:
     def logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if self.cache is not None:
             return self.cache.logits(x, lengths)
-        if self.ddp is not None and torch.is_grad_enabled():  # a training step: gradients all-reduced
-            return self.ranks.agree_finite(self.ddp(x, lengths))
         return self.model(x, lengths)
+
+    def autocast(self):
+        """The run's autocast context (fp32: none), for every forward pass of its model."""
+        return autocast(self.cfg.precision, self.device)
 
     def weights_sha256(self) -> str:
         """Hash of the body's weights as built (all of them train in the LSTM row: nothing to check)."""
@@ -89,8 +91,7 @@ class Experiment:
 def build_experiment(cfg: TrainConfig) -> Experiment:
     """Task data, backbone and FPT model for `cfg`, with exactly `cfg.train` learning."""
     seed_everything(cfg.seed)
-    task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
-    data = task.load(seed=cfg.seed, data_dir=cfg.data_dir)
+    data = task_from_config(cfg).load(seed=cfg.seed, data_dir=cfg.data_dir)
     data.validate()  # once, at load: finite inputs, labels and ids in range, one shape (fpt/tasks/base.py)
     if cfg.tensorboard:
         summary_writer_class()  # missing: one line naming the extra, before anything trains
@@ -106,7 +107,7 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     if cfg.compile:
         compile_model(exp.model, cfg.compile_mode, device)
     if cfg.cache_features:
-        exp.cache = FeatureCache(exp.model, lambda: _autocast(cfg, device))
+        exp.cache = FeatureCache(exp.model, exp.autocast)
     return exp
 
 
@@ -153,10 +154,6 @@ def _check_cpu_compiler() -> None:
         raise FPTError(f"{missing}: install one (apt install g++) or drop --compile")
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    return autocast(cfg.precision, device)
-
-
 def _describe_precision(info: dict) -> str:
     """'bf16 (auto: bf16 612 vs fp32 180 GFLOP/s)' for a run's start line."""
     text = info.get("resolved", "fp32")
@@ -178,6 +175,22 @@ def loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return loss, correct
 
 
+def make_optimizer(exp: Experiment) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters: the run's (and `fpt bench`'s time-to-accuracy) optimizer."""
+    return torch.optim.Adam(exp.trainable, lr=exp.cfg.lr, weight_decay=exp.cfg.weight_decay)
+
+
+def scheduled_step(exp: Experiment, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+                   step: int) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """Gradient step `step` (0-based) of the run's recipe: the next training batch drawn from `gen`, the
+    learning rate of the schedule (cfg.lr_at), `train_step`. Returns (batch, loss, correct)."""
+    cfg = exp.cfg
+    batch = exp.data.train_batch(cfg.batch_size, gen).to(exp.device, non_blocking=True)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr_at(step)
+    return (batch, *train_step(exp, optimizer, batch))
+
+
 def train_step(exp: Experiment, optimizer: torch.optim.Optimizer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on `batch` (already on the device); returns (loss, correct).
 
@@ -185,7 +198,7 @@ def train_step(exp: Experiment, optimizer: torch.optim.Optimizer, batch: Batch) 
     with the weights of the last good step. `fpt bench` times exactly this function.
     """
     cfg = exp.cfg
-    with _autocast(cfg, exp.device):
+    with exp.autocast():
         logits = exp.logits(batch.x, batch.lengths)
     loss, correct = loss_and_correct(logits, batch.y)
     if not torch.isfinite(loss):
@@ -198,29 +211,204 @@ def train_step(exp: Experiment, optimizer: torch.optim.Optimizer, batch: Batch) 
     return loss, correct
 
 
+class OneProcess:
+    """The points where the processes of a data-parallel run differ, each as one process has it (nothing to
+    share, nothing to wait for). fpt/distributed.py's `Ranks` overrides every one (`train_data_parallel`)."""
+
+    is_main = True  # writes the run's files and shows progress
+
+    def describe(self) -> str:
+        """What the start line adds after the device: ' x 2 processes (DDP, gloo)' under DDP."""
+        return ""
+
+    def error(self, message: str) -> FPTError:
+        """The error every process raises together (one line)."""
+        return FPTError(message)
+
+    def evaluates(self, batch_index: int) -> bool:
+        """Whether this process evaluates batch `batch_index` of a split."""
+        return True
+
+    def gather(self, obj) -> list:
+        """Every process's `obj`, in rank order."""
+        return [obj]
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the processes."""
+        return list(values)
+
+    def start_streams(self, seed: int, step: int, saved: list[dict] | None) -> None:
+        """The dropout streams of processes other than the first (one process: torch's, from the checkpoint)."""
+
+    def stream_states(self) -> list[dict] | None:
+        """Every process's dropout stream for the checkpoint, where they differ from torch's one (None)."""
+        return None
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+
+
+ONE_PROCESS = OneProcess()
+
+
 @torch.inference_mode()
-def evaluate(exp: Experiment, split: str) -> dict[str, float]:
-    """Accuracy and loss over the whole split, in eval mode."""
+def evaluate(exp: Experiment, split: str, processes: OneProcess = ONE_PROCESS) -> dict[str, float]:
+    """Accuracy and loss over the whole split, in eval mode (data-parallel: each process some batches)."""
     model, cfg = exp.model, exp.cfg
     was_training = model.training
     model.eval()
-    ranks, parts = exp.ranks, []  # (batch index, loss sum, correct, targets) per batch evaluated here
+    parts = []  # (batch index, loss sum, correct, targets) per batch evaluated here
     for i, batch in enumerate(exp.data.eval_batches(split, cfg.eval_batch_size)):
-        if i % ranks.world_size != ranks.rank:
-            continue  # under torchrun, rank r takes batches r, r+W, r+2W, ...
+        if not processes.evaluates(i):
+            continue
         batch = batch.to(exp.device)
-        with _autocast(cfg, exp.device):
+        with exp.autocast():
             logits = exp.logits(batch.x, batch.lengths)
         loss, right = loss_and_correct(logits, batch.y)
         parts.append((i, loss.item() * batch.y.numel(), int(right), batch.y.numel()))
     model.train(was_training)
     loss_sum, correct, targets = 0.0, 0, 0
-    for _, part_loss, part_correct, part_targets in sorted(p for rank_parts in ranks.gather(parts)
-                                                           for p in rank_parts):
+    for _, part_loss, part_correct, part_targets in sorted(p for process_parts in processes.gather(parts)
+                                                           for p in process_parts):
         loss_sum += part_loss  # in batch order: the same sum as one process
         correct += part_correct
         targets += part_targets
     return {"accuracy": correct / max(targets, 1), "loss": loss_sum / max(targets, 1)}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train one run to `cfg.steps` (or early stop) and return its result record.
+
+    `resume` continues the run in `cfg.run_dir` from its checkpoint; `overwrite` deletes what the run
+    directory holds and starts over. The run directory is locked for the whole run (fpt.utils.hold_folder).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of torchrun's processes: the same steps, data-parallel
+        from fpt.distributed import train_data_parallel
+
+        return train_data_parallel(cfg, resume=resume, overwrite=overwrite, progress=progress)
+    with contextlib.ExitStack() as held:  # the run directory's lock, released however we leave
+        run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, held=held)
+        ckpt = None
+        if resume:  # a corrupt checkpoint or a differing config fails before anything is built
+            ckpt, cfg = resume_point(cfg, run_dir)
+        exp = build_experiment(cfg)  # before any file is written: bad input leaves nothing behind
+        return run(exp, run_dir, ckpt, progress=progress)
+
+
+def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: bool = True,
+        processes: OneProcess = ONE_PROCESS) -> dict:
+    """Train the built `exp` in `run_dir` (`ckpt`: the checkpoint a resumed run continues) and return the
+    result record: optimizer and state, the loop (evaluating and checkpointing every eval_every steps), result."""
+    cfg, model, device = exp.cfg, exp.model, exp.device  # cfg's precision resolved (auto -> fp32 or bf16)
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
+    optimizer = make_optimizer(exp)
+    gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
+    weights_sha = exp.weights_sha256()
+    counts = summarize_counts(count_parameters(model))
+    state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
+             "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
+
+    if ckpt is not None:
+        if ckpt["weights_sha256"] != weights_sha:
+            raise processes.error("cannot resume: the frozen backbone weights differ from the checkpoint's")
+        try:
+            model.load_state_dict(ckpt["trainable"], strict=False)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            _set_rng_state(ckpt["rng"], gen)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise processes.error(f"cannot resume: {run_dir / CHECKPOINT} does not fit this model "
+                                  f"({type(e).__name__}); {START_OVER}") from None
+        state.update(ckpt["state"])
+        if processes.is_main:
+            _truncate_metrics(run_dir / METRICS, state["step"])
+    processes.start_streams(cfg.seed, state["step"], (ckpt or {}).get("rank_rng"))
+    if processes.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        if exp.data.encoding:  # a task file's vocabulary or classes and sizes, for `fpt predict`
+            write_json_atomic(run_dir / TASK, exp.data.encoding)
+
+    bar = _Progress(cfg.steps, state["step"], progress and processes.is_main)
+    bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
+              f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
+              f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{processes.describe()}, "
+              f"{_describe_precision(exp.precision_info)} -> {run_dir}")
+    model.train()
+    started = time.perf_counter() - state["elapsed"]
+    status = "finished"
+    try:
+        while state["step"] < cfg.steps:
+            batch, loss, correct = scheduled_step(exp, optimizer, gen, state["step"])
+            if not torch.isfinite(loss):
+                status = "diverged"
+                break
+            state["step"] += 1
+            state["run_loss"] += loss.item() * batch.y.numel()
+            state["run_correct"] += int(correct)
+            state["run_targets"] += batch.y.numel()
+            bar.update(1, loss=f"{loss.item():.4f}")
+            if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+                record = _evaluate_and_log(exp, state, run_dir, started, processes)
+                bar.write(f"step {record['step']:>7}  loss {record['train_loss']:.4f}  "
+                          f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}  "
+                          f"test {record['test_accuracy']:.4f}  ({record['elapsed_s']:.0f}s)")
+                rank_rng = processes.stream_states()  # data-parallel: every process's dropout RNG
+                if processes.is_main:  # the unwrapped model's names: resumable at any world size
+                    torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
+                                       "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
+                                                     if p.requires_grad},
+                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
+                                       "rank_rng": rank_rng, "state": dict(state)}, run_dir / CHECKPOINT)
+                if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
+                    status = "early_stopped"
+                    break
+    except (OSError, WriteFailed) as e:  # disk full, quota: metrics.jsonl or the checkpoint (rank 0 writes)
+        raise FPTError(_write_failure(e, run_dir, state["step"])) from None
+    finally:
+        bar.close()
+
+    result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
+    if cfg.export_backbone and status != "diverged" and processes.is_main:
+        result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
+    if processes.is_main:
+        try:
+            write_json_atomic(run_dir / RESULT, result)
+        except WriteFailed as e:
+            raise FPTError(_write_failure(e, run_dir, state["step"])) from None
+    processes.barrier()  # every process returns (or raises) once the first has written the result
+    if status == "diverged":
+        last = state["last"]
+        good = f"last good test accuracy {last['test_accuracy']:.4f}" if last else "no evaluation before it"
+        raise processes.error(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
+                              f"recorded in {run_dir / RESULT}")
+    return result
+
+
+def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: float, processes: OneProcess) -> dict:
+    val = evaluate(exp, "val", processes) if "val" in exp.data.splits else None
+    test = evaluate(exp, "test", processes)
+    # each process summed its own batches since the last evaluation
+    loss_sum, right, count = processes.sum(state["run_loss"], state["run_correct"], state["run_targets"])
+    state.update(run_loss=loss_sum, run_correct=round(right), run_targets=round(count))
+    targets = max(state["run_targets"], 1)
+    record = {"step": state["step"], "train_loss": state["run_loss"] / targets,
+              "train_accuracy": state["run_correct"] / targets,
+              "val_accuracy": (val or test)["accuracy"], "val_loss": (val or test)["loss"],
+              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+              "elapsed_s": round(time.perf_counter() - started, 3)}
+    state.update(run_loss=0.0, run_correct=0, run_targets=0, last=record, elapsed=record["elapsed_s"])
+    if record["val_accuracy"] > state["best_val"]:
+        state.update(best_val=record["val_accuracy"], best_step=record["step"],
+                     test_at_best=record["test_accuracy"])
+    if processes.is_main:
+        with open(run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if exp.cfg.tensorboard:  # the same scalars as TensorBoard events (fpt/tblog.py)
+            exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=record["step"])
+            exp.tensorboard.write(record)
+    return record
 
 
 class _Progress:
@@ -280,7 +468,7 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: contextlib.ExitStack) -> Path:
+def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: contextlib.ExitStack) -> Path:
     """Own the run directory (its lock, held until `held` closes) and check that it fits the request:
     --resume needs a checkpoint, --overwrite empties it, a new run needs it free of another run."""
     run_dir = cfg.resolved_run_dir
@@ -307,6 +495,16 @@ def _prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: c
         raise FPTError(f"run directory {run_dir} already holds a run that stopped before its first checkpoint "
                        f"({METRICS} only); {START_OVER}")
     return run_dir
+
+
+def resume_point(cfg: TrainConfig, run_dir: Path) -> tuple[dict, TrainConfig]:
+    """(the run's checkpoint, `cfg` at the precision the run resolved when it started); one line when the
+    checkpoint cannot be read or the config differs from the run's (`_check_resumable`)."""
+    ckpt = _load_checkpoint(run_dir)
+    if cfg.precision == "auto":
+        cfg = cfg.replace(precision=ckpt["config"].get("precision", "auto"))
+    _check_resumable(ckpt["config"], cfg)
+    return ckpt, cfg
 
 
 def _load_checkpoint(run_dir: Path) -> dict:
@@ -346,149 +544,6 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
                        f"--resume reads the run's config.yaml)")
     if now["steps"] < was["steps"]:
         raise FPTError(f"cannot resume: steps {now['steps']} is below the run's {was['steps']} (steps can only grow)")
-
-
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Train one run to `cfg.steps` (or early stop) and return its result record.
-
-    `resume` continues the run in `cfg.run_dir` from its checkpoint; `overwrite` deletes what the run
-    directory holds and starts over. The run directory is locked for the whole run (fpt.utils.hold_folder).
-    """
-    ranks = setup(cfg)  # torchrun's process group, or one process
-    try:
-        with contextlib.ExitStack() as held:  # rank 0's lock on the run directory, released however we leave
-            return _train(cfg, ranks, resume=resume, overwrite=overwrite, progress=progress, held=held)
-    finally:
-        ranks.close()
-
-
-def _train(cfg: TrainConfig, ranks: Ranks, *, resume: bool, overwrite: bool, progress: bool,
-           held: contextlib.ExitStack) -> dict:
-    run_dir = ranks.agree(lambda: _prepare_run_dir(cfg, resume=resume, overwrite=overwrite, held=held),
-                          main_only=True)
-    ckpt = {}
-    if resume:  # a corrupt checkpoint or a differing config fails before anything is built
-        ckpt = ranks.agree(lambda: _load_checkpoint(run_dir))
-        if cfg.precision == "auto":  # the precision the run resolved when it started
-            cfg = cfg.replace(precision=ckpt["config"].get("precision", "auto"))
-        ranks.agree(lambda: _check_resumable(ckpt["config"], cfg))
-    # before any file is written: bad input leaves nothing behind
-    exp = ranks.agree(lambda: build_experiment(cfg))
-    cfg = exp.cfg  # precision resolved (auto -> fp32 or bf16)
-    if ranks.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    model, device = exp.model, exp.device
-    if device.type == "cpu":
-        keep_freed_cpu_memory()
-    optimizer = torch.optim.Adam(exp.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
-    weights_sha = exp.weights_sha256()
-    counts = summarize_counts(count_parameters(model))
-    state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
-             "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
-
-    if resume:
-        if ckpt["weights_sha256"] != weights_sha:
-            raise ranks.error("cannot resume: the frozen backbone weights differ from the checkpoint's")
-        try:
-            model.load_state_dict(ckpt["trainable"], strict=False)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            _set_rng_state(ckpt["rng"], gen)
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise ranks.error(f"cannot resume: {run_dir / CHECKPOINT} does not fit this model "
-                              f"({type(e).__name__}); {START_OVER}") from None
-        state.update(ckpt["state"])
-        if ranks.is_main:
-            _truncate_metrics(run_dir / METRICS, state["step"])
-    ranks.start_streams(cfg.seed, state["step"], ckpt.get("rank_rng"))  # dropout RNG of ranks > 0
-    ranks.attach(exp)  # under torchrun: sharded batches, DDP
-    if ranks.is_main:
-        save_yaml(cfg, run_dir / "config.yaml")
-        if exp.data.encoding:  # a task file's vocabulary or classes and sizes, for `fpt predict`
-            write_json_atomic(run_dir / TASK, exp.data.encoding)
-
-    bar = _Progress(cfg.steps, state["step"], progress and ranks.is_main)
-    bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
-              f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
-              f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{ranks.describe()}, "
-              f"{_describe_precision(exp.precision_info)} -> {run_dir}")
-    model.train()
-    started = time.perf_counter() - state["elapsed"]
-    status = "finished"
-    try:
-        while state["step"] < cfg.steps:
-            batch = exp.data.train_batch(cfg.batch_size, gen).to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr_at(state["step"])
-            loss, correct = train_step(exp, optimizer, batch)
-            if not torch.isfinite(loss):
-                status = "diverged"
-                break
-            state["step"] += 1
-            state["run_loss"] += loss.item() * batch.y.numel()
-            state["run_correct"] += int(correct)
-            state["run_targets"] += batch.y.numel()
-            bar.update(1, loss=f"{loss.item():.4f}")
-            if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-                record = _evaluate_and_log(exp, state, run_dir, started)
-                bar.write(f"step {record['step']:>7}  loss {record['train_loss']:.4f}  "
-                          f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}  "
-                          f"test {record['test_accuracy']:.4f}  ({record['elapsed_s']:.0f}s)")
-                rank_rng = ranks.stream_states()  # every rank's dropout RNG (None in one process)
-                if ranks.is_main:  # the unwrapped model's names: resumable at any world size
-                    torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
-                                       "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
-                                                     if p.requires_grad},
-                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
-                                       "rank_rng": rank_rng, "state": dict(state)}, run_dir / CHECKPOINT)
-                if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
-                    status = "early_stopped"
-                    break
-    except (OSError, WriteFailed) as e:  # disk full, quota: metrics.jsonl or the checkpoint (rank 0 writes)
-        raise FPTError(_write_failure(e, run_dir, state["step"])) from None
-    finally:
-        bar.close()
-
-    result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
-    if cfg.export_backbone and status != "diverged" and ranks.is_main:
-        result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
-    if ranks.is_main:
-        try:
-            write_json_atomic(run_dir / RESULT, result)
-        except WriteFailed as e:
-            raise FPTError(_write_failure(e, run_dir, state["step"])) from None
-    ranks.barrier()  # every rank returns (or raises) once rank 0 has written the result
-    if status == "diverged":
-        last = state["last"]
-        good = f"last good test accuracy {last['test_accuracy']:.4f}" if last else "no evaluation before it"
-        raise ranks.error(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
-                       f"recorded in {run_dir / RESULT}")
-    return result
-
-
-def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: float) -> dict:
-    val = evaluate(exp, "val") if "val" in exp.data.splits else None
-    test = evaluate(exp, "test")
-    if exp.ranks.enabled:  # each rank summed its own shards since the last evaluation
-        loss_sum, right, count = exp.ranks.sum(state["run_loss"], state["run_correct"], state["run_targets"])
-        state.update(run_loss=loss_sum, run_correct=round(right), run_targets=round(count))
-    targets = max(state["run_targets"], 1)
-    record = {"step": state["step"], "train_loss": state["run_loss"] / targets,
-              "train_accuracy": state["run_correct"] / targets,
-              "val_accuracy": (val or test)["accuracy"], "val_loss": (val or test)["loss"],
-              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-              "elapsed_s": round(time.perf_counter() - started, 3)}
-    state.update(run_loss=0.0, run_correct=0, run_targets=0, last=record, elapsed=record["elapsed_s"])
-    if record["val_accuracy"] > state["best_val"]:
-        state.update(best_val=record["val_accuracy"], best_step=record["step"],
-                     test_at_best=record["test_accuracy"])
-    if exp.ranks.is_main:
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if exp.cfg.tensorboard:  # the same scalars as TensorBoard events (fpt/tblog.py)
-            exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=record["step"])
-            exp.tensorboard.write(record)
-    return record
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -13,6 +13,7 @@ import torch
 from fpt.cli import main
 from fpt.errors import FPTError
 from fpt.tasks import TASKS, build_task
+from fpt.tasks import image_data
 from fpt.tasks import images as images_mod
 from fpt.tasks import listops as lo
 
@@ -105,14 +106,14 @@ def test_cifar_and_lra_shapes(tmp_path):
 def test_augmentation_pieces():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 32, 32)
-    assert torch.equal(images_mod.random_crop(x, 0, g), x)
-    assert torch.allclose(images_mod.random_rotate(x, 0.0, g), x)
-    crop = images_mod.random_crop(x, 4, g)
+    assert torch.equal(image_data.random_crop(x, 0, g), x)
+    assert torch.allclose(image_data.random_rotate(x, 0.0, g), x)
+    crop = image_data.random_crop(x, 4, g)
     assert crop.shape == x.shape
-    flipped = images_mod.random_flip(x, g)
+    flipped = image_data.random_flip(x, g)
     assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x))
     # rotations up to 20 degrees keep the middle of a constant image and blank some corners
-    rot = images_mod.random_rotate(torch.ones(64, 1, 32, 32), 20.0, g)
+    rot = image_data.random_rotate(torch.ones(64, 1, 32, 32), 20.0, g)
     assert (rot[:, :, 8:24, 8:24] == 1).all() and (rot[:, :, :2, :2] == 0).any()
 
 

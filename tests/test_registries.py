@@ -96,3 +96,21 @@ def test_a_new_task_is_one_file_and_one_registry_line(tmp_path, tiny_backbones, 
     result = json.loads(next(out.glob("runs/fpt/parity/*/result.json")).read_text())
     assert result["steps"] == 6 and result["config"]["batch_size"] == 8  # the task's own budget cell
     assert "parity" in (out / "table.md").read_text()
+
+
+def test_every_model_row_names_its_default_groups():
+    """fpt/groups.py DEFAULT_TRAIN (what the config trains when --train is unset) covers exactly the rows."""
+    from fpt.bodies import MODELS
+    from fpt.groups import DEFAULT_TRAIN
+
+    assert list(MODELS) == list(DEFAULT_TRAIN)
+
+
+def test_config_sits_at_the_bottom_of_the_import_graph():
+    """fpt/config.py validates a config without importing the modules that build models (or torch)."""
+    import subprocess
+    import sys
+
+    code = "import sys, fpt.config; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fpt', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out) <= {"fpt", "fpt.config", "fpt.errors", "fpt.groups", "fpt.registry"}, out

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from fpt.backbones.architectures import Architecture, architecture_for
+from fpt.config import INITS
 from fpt.errors import FPTError
 from fpt.registry import Registry
-
-INITS = ("pretrained", "random", "stats")
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fpt import readout
-
-#: Every parameter belongs to exactly one of these groups. `recurrent` is the LSTM baseline's
-#: body (fpt/bodies.py); `lora` holds LoRA adapters (fpt/lora.py). `unused` stays last.
-GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward", "recurrent", "lora",
-          "unused")
-#: Groups a user may name in `--train` (`unused` is never trained: FPT does not read it).
-TRAINABLE_GROUPS = GROUPS[:-1]
-#: The paper's FPT: input and output layers, positions and layer norms learn.
-FPT_GROUPS = ("input", "output", "positions", "layernorm")
+from fpt.groups import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS  # noqa: F401  (the group names, fpt/groups.py)
 
 
 @dataclass(frozen=True)

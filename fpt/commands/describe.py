@@ -16,10 +16,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from fpt.bodies import MODELS, build_model
     from fpt.model import count_parameters, format_counts
-    from fpt.tasks import build_task
+    from fpt.tasks import task_from_config
 
     cfg = config_from_args(args)
-    task = build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+    task = task_from_config(cfg)
     model, backbone = build_model(cfg, task.spec)
     spec = task.spec
     if backbone is not None:

@@ -20,9 +20,8 @@ CHOICE_SOURCES = {
     "tasks": ("fpt.tasks", "TASKS", "registered"),
     "backbones": ("fpt.backbones", "BACKBONES", "registered"),
     "models": ("fpt.bodies", "MODELS", "choices"),
-    "inits": ("fpt.backbones", "INITS", "choices"),
-    "groups": ("fpt.backbones.architectures", "TRAINABLE_GROUPS", "groups"),
-    "lora_targets": ("fpt.lora", "LORA_TARGETS", "choices"),
+    "groups": ("fpt.groups", "TRAINABLE_GROUPS", "groups"),
+    "lora_targets": ("fpt.groups", "LORA_TARGETS", "choices"),
 }
 
 

@@ -1,4 +1,8 @@
 """The task registry. Importing this package registers every built-in task."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from fpt.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec, patchify_images, patchify_sequence
 from fpt.tasks import bits  # noqa: F401  (registers bit-memory, bit-xor)
@@ -7,6 +11,9 @@ from fpt.tasks import listops  # noqa: F401  (registers listops)
 from fpt.tasks import homology  # noqa: F401  (registers homology)
 from fpt.tasks import synthetic  # noqa: F401  (registers synthetic, for fpt bench)
 from fpt.tasks.custom import CustomTask
+
+if TYPE_CHECKING:
+    from fpt.config import TrainConfig
 
 
 def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
@@ -23,4 +30,10 @@ def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
     return cls(**options)
 
 
-__all__ = ["TASKS", "Batch", "Task", "TaskData", "TaskSpec", "build_task", "patchify_images", "patchify_sequence"]
+def task_from_config(cfg: TrainConfig) -> Task:
+    """The task a config names (`cfg.task`, a registered name or a task file) with its patch size and options."""
+    return build_task(cfg.task, patch_size=cfg.patch_size, **cfg.task_options)
+
+
+__all__ = ["TASKS", "Batch", "Task", "TaskData", "TaskSpec", "build_task", "patchify_images", "patchify_sequence",
+           "task_from_config"]

@@ -41,7 +41,7 @@ from fpt.datasets import check_labels, parse_int_labels, read_table
 from fpt.datasets.readers import first_row, where
 from fpt.errors import FPTError
 from fpt.tasks.base import Batch, PaddedTokenData, Task, TaskData, TaskSpec, pad_flat, patchify_images, patchify_sequence
-from fpt.tasks.images import ImageData, prepare_images
+from fpt.tasks.image_data import ImageData, prepare_images
 
 FORMATS = ("image_folder", "csv", "npz")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
