@@ -13,9 +13,11 @@ from fpt.errors import FPTError  # noqa: E402
 def __getattr__(name):
     # Lazy: `import fpt` stays cheap; torch and transformers load on first use.
     if name in ("train", "evaluate", "build_experiment"):
-        from fpt import train as _train
+        import importlib
 
-        return getattr(_train, name)
+        # NOTE: importing the submodule makes `fpt.train` the module itself (the import system sets it on
+        # the package), so that module is callable as its train() (fpt/train.py, the last lines)
+        return getattr(importlib.import_module("fpt.train"), name)
     if name in ("build_fpt", "apply_trainable", "count_parameters", "format_counts", "parameter_groups"):
         from fpt import model
 

@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -638,3 +639,14 @@ def export_backbone(exp: Experiment, folder: str) -> str:
 def result_is_finite(result: dict) -> bool:
     acc = result.get("test_accuracy")
     return acc is not None and math.isfinite(acc)
+
+
+class _CallableModule(types.ModuleType):
+    """`fpt.train(cfg)` from the package: once this module is imported, `fpt.train` names the module (the
+    import system sets it on the package) and no longer the function; calling the module calls train()."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

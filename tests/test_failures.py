@@ -181,6 +181,10 @@ CASES = [
     Case("grad-clip-nan", _train("--grad-clip", "nan"), "grad_clip must be a finite number >= 0"),
     Case("lr-inf", _train("--lr", "inf"), "lr must be a finite number > 0, got inf"),
     Case("weight-decay-negative", _train("--weight-decay", "-1"), "weight_decay must be a finite number >= 0, got -1"),
+    Case("bit-xor-negative-bits", _train("--task", "bit-xor", "--task-options", "{n_bits: -3}"),
+         "bit-xor: task option n_bits must be a positive integer, got -3", then=_nothing_left),
+    Case("bit-memory-mask-prob", _train("--task", "bit-memory", "--task-options", "{mask_prob: 1.5}"),
+         "bit-memory: task option mask_prob must be in [0, 1], got 1.5", then=_nothing_left),
     Case("resume-steps-below", _resume(lambda r: None, "--steps", "2"), "steps 2 is below the run's 4"),
     # 8. --resume reads the run's config.yaml: flags agree with it, --steps may grow
     Case("resume-plain", _resume(lambda r: None), "", code=0),

@@ -249,3 +249,15 @@ def test_cpu_training_keeps_freed_memory_in_the_heap(monkeypatch, tiny_backbones
     utils.keep_freed_cpu_memory.cache_clear()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert utils.keep_freed_cpu_memory() is True
+
+
+def test_fpt_train_is_callable_from_the_package(tiny_backbones, tmp_path):
+    """`fpt.train(cfg)` as the README and the package docstring show it, though importing the submodule makes
+    `fpt.train` the module (it is callable as its train())."""
+    import fpt
+    import fpt.train  # noqa: F401  (what any earlier import does: the package attribute is now the module)
+
+    result = fpt.train(fpt.TrainConfig(task="bit-xor", backbone=tiny_backbones["gpt2"], steps=2, eval_every=2,
+                                       run_dir=str(tmp_path / "run")), progress=False)
+    assert result["steps"] == 2 and (tmp_path / "run" / "result.json").exists()
+    assert fpt.evaluate is fpt.train.evaluate

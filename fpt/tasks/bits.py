@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from fpt.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec, patchify_sequence
 
 EVAL_EXAMPLES = 1000
@@ -31,6 +32,14 @@ class GeneratedData(TaskData):
         return self.sample(batch_size, generator)
 
 
+def _check_counts(task: str, opts: dict, names: tuple[str, ...]) -> None:
+    """Counts in task_options are positive integers (one line, before any tensor is shaped from them)."""
+    for name in names:
+        value = opts[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FPTError(f"{task}: task option {name} must be a positive integer, got {value!r}")
+
+
 def _random_signs(shape, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, 2, shape, generator=generator).float() * 2 - 1  # {-1, +1}
 
@@ -51,6 +60,9 @@ class BitMemory(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
+        _check_counts("bit-memory", self.opts, ("n_bits", "n_patterns", "patch_size", "eval_examples"))
+        if not 0 <= self.opts["mask_prob"] <= 1:
+            raise FPTError(f"bit-memory: task option mask_prob must be in [0, 1], got {self.opts['mask_prob']!r}")
         n, p, k = self.opts["n_bits"], self.opts["patch_size"], self.opts["n_patterns"]
         patchify_sequence(torch.zeros(1, n), p, what=f"the {n}-bit patterns of bit-memory")  # validates p
         self.spec = TaskSpec(name="bit-memory", input_kind="continuous", token_dim=p,
@@ -94,6 +106,7 @@ class BitXOR(Task):
 
     def __init__(self, **options):
         super().__init__(**options)
+        _check_counts("bit-xor", self.opts, ("n_bits", "patch_size", "eval_examples"))
         n, p = self.opts["n_bits"], self.opts["patch_size"]
         patchify_sequence(torch.zeros(1, n), p, what=f"the {n}-bit strings of bit-xor")  # validates p
         self.spec = TaskSpec(name="bit-xor", input_kind="continuous", token_dim=p, seq_len=2 * n // p,
