@@ -78,7 +78,7 @@ def truncate_layers(backbone: Backbone, n: int) -> None:
 
 
 def resolve_attention(cfg) -> str:
-    """`auto` -> fpt's CPU attention on the CPU (fpt/fastops.py: eager, or SDPA at long lengths without
+    """`auto` -> fpt's CPU attention on the CPU (fpt/fastops: eager, or SDPA at long lengths without
     attention dropout), sdpa elsewhere (docs/performance.md)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation

@@ -263,7 +263,7 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
         raise FPTError(f"backbone {name!r} has no pretrained weights: use --init random")
     config, arch, ref = load_config(name, dropout=dropout)
     as_published = attn_implementation == "eager"  # transformers' modules untouched (the bench's reference loop)
-    fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops.py): same math, fewer passes
+    fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops): same math, fewer passes
     if fast_cpu and arch.standard_eager:
         fastops.register()
     elif fast_cpu:
@@ -283,11 +283,16 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     model.float()
     if fast_cpu:
         fastops.use_fast_dropout(model)
-        fastops.use_fused_residual(model)
-        fastops.use_projected_attention(model)
+        fastops.use_fused_residual(model, _classes(arch.fused_residual))
+        fastops.use_projected_attention(model, _classes(arch.projected_attention))
     if not as_published:
-        fastops.use_fused_gelu(model)
+        fastops.use_fused_gelu(model, _classes(arch.tanh_gelu))
     return Backbone(name=name, model=model, arch=arch, init=init, source=ref)
+
+
+def _classes(fused_classes) -> tuple[type, ...]:
+    """The classes an Architecture's fused-forward field names (fpt/fastops), none where it is None."""
+    return () if fused_classes is None else fused_classes()
 
 
 @torch.no_grad()

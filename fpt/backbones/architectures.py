@@ -9,6 +9,7 @@ never by substrings of parameter names: a renamed module makes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from torch import nn
 
@@ -20,6 +21,30 @@ GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward
 TRAINABLE_GROUPS = GROUPS[:-1]
 #: The paper's FPT: input and output layers, positions and layer norms learn.
 FPT_GROUPS = ("input", "output", "positions", "layernorm")
+
+
+def _gelu_new() -> tuple[type, ...]:
+    from transformers.activations import NewGELUActivation
+
+    return (NewGELUActivation,)
+
+
+def _bert_residuals() -> tuple[type, ...]:
+    from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+
+    return BertSelfOutput, BertOutput
+
+
+def _bert_self_attention() -> tuple[type, ...]:
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    return (BertSelfAttention,)
+
+
+def _mpnet_residuals() -> tuple[type, ...]:
+    from transformers.models.mpnet.modeling_mpnet import MPNetOutput
+
+    return (MPNetOutput,)
 
 
 @dataclass(frozen=True)
@@ -50,10 +75,21 @@ class Architecture:
     # under `layers`, then the norm at `final_norm`, on the embeddings FPT provides.
     final_norm: str | None = None
     # the model's eager attention is transformers' plain `eager_attention_forward` (causal through its
-    # mask where `causal`), so fpt's CPU attention (fpt/fastops.py: the same math, fewer passes,
+    # mask where `causal`), so fpt's CPU attention (fpt/fastops: the same math, fewer passes,
     # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
     norm_position: str = "post-LN"  # where each block's norms sit: post-LN (BERT, MPNet) or pre-LN (GPT-2, ...)
+    # --- fpt's fused forwards (fpt/fastops): each returns the transformers classes whose modules get one,
+    # imported when called (importing fpt stays light); None: none in this architecture.
+    # modules whose forward is exactly LayerNorm(dropout(dense(hidden)) + input) (transformers 5.23):
+    # dropout and the residual add in one pass (fastops.use_fused_residual, under fpt_cpu)
+    fused_residual: Callable[[], tuple[type, ...]] | None = None
+    # modules whose forward is exactly query, key and value linear layers on the hidden state, then the
+    # attention interface (transformers 5.23): q, k, v as one matmul (fastops.use_projected_attention, fpt_cpu)
+    projected_attention: Callable[[], tuple[type, ...]] | None = None
+    # GELU modules computed as torch's one tanh-GELU kernel (fastops.use_fused_gelu; every path but `eager`):
+    # transformers' gelu_new, which any of these architectures' configs may name
+    tanh_gelu: Callable[[], tuple[type, ...]] | None = _gelu_new
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -86,6 +122,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             extra_forward_kwargs=("token_type_ids",),
             drop_pooler=True,
             standard_eager=True,
+            fused_residual=_bert_residuals,
+            projected_attention=_bert_self_attention,
         ),
         Architecture(
             model_type="mpnet",
@@ -102,6 +140,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             position_offset=2,  # padding_idx 1; real positions start at row 2
             attn_implementation="eager",
             drop_pooler=True,
+            fused_residual=_mpnet_residuals,
         ),
         Architecture(
             model_type="gemma3_text",
