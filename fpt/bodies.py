@@ -191,7 +191,7 @@ def truncate_layers(backbone: Backbone, n: int) -> None:
 
 
 def resolve_attention(cfg) -> str:
-    """`auto` -> fpt's CPU attention on the CPU (fpt/fastops.py: eager, or SDPA at long lengths without
+    """`auto` -> fpt's CPU attention on the CPU (fpt/fastops: eager, or SDPA at long lengths without
     attention dropout), sdpa elsewhere (docs/performance.md)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
@@ -202,17 +202,19 @@ def resolve_attention(cfg) -> str:
 
 
 def use_fast_ops(backbone: Backbone, attn_implementation: str) -> None:
-    """Swap fpt's faster modules (fpt/fastops.py) into a loaded body for the implementation resolve_attention
+    """Swap fpt's faster modules (fpt/fastops) into a loaded body for the implementation resolve_attention
     picked: fpt_cpu's dropout, fused residual and projected attention; the fused GELU on every path but `eager`
     (transformers' modules as published: the bench's reference loop)."""
     from fpt import fastops
+    from fpt.backbones.architectures import fused_classes
 
+    arch = backbone.arch
     if attn_implementation == fastops.FPT_CPU:
         fastops.use_fast_dropout(backbone.model)
-        fastops.use_fused_residual(backbone.model)
-        fastops.use_projected_attention(backbone.model)
+        fastops.use_fused_residual(backbone.model, fused_classes(arch.fused_residual))
+        fastops.use_projected_attention(backbone.model, fused_classes(arch.projected_attention))
     if attn_implementation != "eager":
-        fastops.use_fused_gelu(backbone.model)
+        fastops.use_fused_gelu(backbone.model, fused_classes(arch.tanh_gelu))
 
 
 def _build_transformer(cfg, spec):

@@ -97,10 +97,10 @@ class TrainConfig:
         "help": "auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/precision.py), else fp32; "
                 "bf16 is autocast: parameters and optimizer state stay fp32",
         "choices": PRECISIONS})
-    # auto on the CPU is fpt's attention (fpt/fastops.py: eager math with cheaper dropout, torch's fused
+    # auto on the CPU is fpt's attention (fpt/fastops: eager math with cheaper dropout, torch's fused
     # kernel from 512 keys when no attention dropout applies)
     attn_implementation: str = field(default="auto", metadata={
-        "help": "auto: fpt's attention on the CPU (fpt/fastops.py), sdpa on GPUs; sdpa: torch's fused kernels; "
+        "help": "auto: fpt's attention on the CPU (fpt/fastops), sdpa on GPUs; sdpa: torch's fused kernels; "
                 "eager: transformers' own",
         "choices": ATTN_IMPLEMENTATIONS})
     # about 1/7 less work for MiniLM on MNIST

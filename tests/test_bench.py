@@ -139,7 +139,7 @@ def test_scaling_grid(tiny_backbones, tmp_path):
 
 
 def test_cpu_flash_attention_flops_are_counted():
-    """torch's counter knows only the GPU SDPA kernels; fpt registers the CPU one (fpt/fastops.py uses it)."""
+    """torch's counter knows only the GPU SDPA kernels; fpt registers the CPU one (fpt/fastops uses it)."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 64, 16, requires_grad=True) for _ in range(3))
     scores_and_sum = 2 * (2 * 2 * 3 * 64 * 64 * 16)  # (T x d) x (d x T) and (T x T) x (T x d), per head
@@ -189,7 +189,7 @@ def test_short_attention_flops_are_counted_as_its_matmuls():
 
     from fpt import fastops
 
-    if fastops._short_attention_kernels() is None:
+    if fastops.short_attention_kernels() is None:
         pytest.skip("fpt/csrc/short_attention.c needs a C compiler and a CPU with AVX512-BF16")
     module = SimpleNamespace(training=True, is_causal=False)
     q, k, v = (torch.randn(2, 3, 64, 16).bfloat16().requires_grad_() for _ in range(3))

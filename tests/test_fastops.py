@@ -1,4 +1,4 @@
-"""fpt's CPU fast path (fpt/fastops.py): the same math as transformers' eager attention and torch's dropout."""
+"""fpt's CPU fast path (fpt/fastops): the same math as transformers' eager attention and torch's dropout."""
 import os
 import shutil
 from types import SimpleNamespace
@@ -12,6 +12,25 @@ from fpt.backbones.architectures import ARCHITECTURES
 from fpt import fastops as fo
 from fpt import native
 from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
+from fpt.fastops.projected_attention import ProjectedShortAttention, projections_fuse
+from fpt.fastops.short_attention_kernel import SHORT_ATTENTION
+
+# the autograd nodes of short attention's kernel (eager) and of BERT's projected attention
+SHORT_ATTENTION_NODE = f"{SHORT_ATTENTION.eager.__name__}Backward"
+PROJECTED_ATTENTION_NODE = f"{ProjectedShortAttention.__name__}Backward"
+
+
+def _autograd_nodes(out: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes `out` was computed through."""
+    names, todo, seen = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo += [next_node for next_node, _ in node.next_functions]
+    return names
 
 #: the architectures whose own eager attention fpt's CPU attention stands in for
 CPU_ATTENTION = sorted(name for name, arch in ARCHITECTURES.items() if arch.standard_eager)
@@ -105,7 +124,7 @@ def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
     """BERT's two residual outputs per block take the fused forward, under their own class names (the
     parameter groups find modules by name), and compute what transformers' forward computes."""
     backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
-    outputs = [m for m in backbone.model.modules() if type(m).__name__ in fo.DROPOUT_ADD_NORM_CLASSES]
+    outputs = [m for m in backbone.model.modules() if isinstance(m, ARCHITECTURES["bert"].fused_residual())]
     assert len(outputs) == 4 and all(type(m).__module__ == "fpt.fastops" for m in outputs)
     module = outputs[-1].train()
     x = torch.randn(2, 24, module.dense.in_features)
@@ -117,7 +136,8 @@ def test_post_norm_outputs_fuse_dropout_and_residual(tiny_backbones):
         out = module(x, residual)
         results.append((out, torch.autograd.grad(out.square().sum(), residual)[0]))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
-    assert not fo.use_fused_residual(load_backbone(tiny_backbones["bert"], attn_implementation="eager").model)
+    eager = load_backbone(tiny_backbones["bert"], attn_implementation="eager").model
+    assert not fo.use_fused_residual(eager, ARCHITECTURES["bert"].fused_residual())
 
 
 @pytest.fixture
@@ -150,7 +170,7 @@ def test_kernels_built_without_avx512_bf16_fall_back_with_one_warning(monkeypatc
     monkeypatch.setenv("FPT_CFLAGS", "-mno-avx512bf16")
     with pytest.warns(RuntimeWarning, match="short_attention.*unavailable on this CPU.*lacks fpt_short_attention"):
         assert native.kernels("short_attention") is None
-    assert fo._short_attention_kernels() is None
+    assert fo.short_attention_kernels() is None
     assert native.kernels("hash_dropout") is not None
     x = torch.randn(1000)
     assert torch.equal(hash_dropout(x, torch.tensor(9), 0.1, 2.0),
@@ -256,14 +276,12 @@ def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf
 @pytest.mark.parametrize("model_type", CPU_ATTENTION)  # bidirectional, causal, causal with grouped key/value heads
 @pytest.mark.parametrize("sdpa_from", [10**9, 1], ids=["eager-path", "sdpa-path"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cpu_attention_matches_eager(tiny_backbones, monkeypatch, sdpa_from, precision, model_type, padded):
+def test_cpu_attention_matches_eager(tiny_backbones, sdpa_from, precision, model_type, padded):
     """Both paths of fpt's CPU attention give transformers' eager outputs and input gradients (with and
     without padding; GPT-2 without padding gets no mask from transformers, only `is_causal`; the tiny
     Gemma shares one key/value head between two query heads, and 24 tokens pass its sliding window of 16)."""
-    from fpt import fastops
-
-    monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", sdpa_from)
-    outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [24, 14, 5], padded, precision == "bf16")
+    with fo.fused_sdpa_from(sdpa_from):
+        outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [24, 14, 5], padded, precision == "bf16")
     # bf16: the fused kernel rounds at other points than the eager math (the tiny Gemma's fused path:
     # 2 of 4,608 outputs off by 0.021-0.023, its fp32 cases within 1e-5)
     bf16_tol = 3e-2 if model_type == "gemma3_text" else 2e-2
@@ -310,21 +328,21 @@ def test_fused_kernel_only_for_long_sequences_of_narrow_heads():
     assert not fused(SDPA_MIN_KEYS - 1, 32) and not fused(SDPA_MIN_KEYS, 2 * SDPA_MAX_HEAD_DIM)
 
 
-def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones, monkeypatch):
+def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones):
     from fpt import fastops
     from fpt.bodies import HFBody
 
-    monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
     body = HFBody(load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
     weights = []
     attn_modules = [m for m in body.modules() if type(m).__name__ == "BertSelfAttention"]
     handles = [m.register_forward_hook(lambda _m, _i, out: weights.append(out[1])) for m in attn_modules]
     x = torch.randn(2, 12, 64)
-    body(x)
-    assert all(w is None for w in weights)  # long enough for the fused kernel: no weights
-    weights.clear()
-    with fastops.attention_weights_wanted():
+    with fastops.fused_sdpa_from(1):
         body(x)
+        assert all(w is None for w in weights)  # long enough for the fused kernel: no weights
+        weights.clear()
+        with fastops.attention_weights_wanted():
+            body(x)
     assert len(weights) == 2 and all(w.shape == (2, 2, 12, 12) for w in weights)
     for h in handles:
         h.remove()
@@ -368,7 +386,7 @@ def test_swapped_modules_keep_the_models_mode(tiny_backbones, model_type):
 
 @pytest.fixture
 def short_attention_kernel():
-    if fo._short_attention_kernels() is None:
+    if fo.short_attention_kernels() is None:
         pytest.skip("fpt/csrc/short_attention.c needs a C compiler and a CPU with AVX512-BF16")
 
 
@@ -389,7 +407,7 @@ def test_short_attention_is_attention_with_hash_dropout(short_attention_kernel, 
     allowed = {"none": None, "causal": torch.ones(t, t, dtype=torch.bool).tril()[None, None],
                "padding": (torch.arange(t) < torch.tensor([t, 20, 5])[:, None])[:, None, None, :]}[masking]
     mask = None if allowed is None else allowed.expand(b, 1, t, t)[:, 0].to(torch.uint8).contiguous()
-    out = fo._ShortAttention.apply(q, k, v, mask, scale, seed, p)
+    out = SHORT_ATTENTION.eager.apply(q, k, v, mask, seed, scale, p)[0]
     assert out.shape == (b, t, h, d) and out.dtype == torch.bfloat16
     grad = torch.randn(out.shape).bfloat16()
     grads = torch.autograd.grad(out, flat, grad)
@@ -406,7 +424,7 @@ def test_short_attention_is_attention_with_hash_dropout(short_attention_kernel, 
     for ours, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(ours.float(), theirs, rtol=2e-2, atol=2e-2)
     if p > 0:  # the mask is hash_keep_mask's: another seed gives another output
-        assert not torch.allclose(fo._ShortAttention.apply(q, k, v, mask, scale, seed + 1, p), out)
+        assert not torch.allclose(SHORT_ATTENTION.eager.apply(q, k, v, mask, seed + 1, scale, p)[0], out)
 
 
 def test_short_attention_only_where_it_fits(short_attention_kernel):
@@ -423,17 +441,16 @@ def test_short_attention_only_where_it_fits(short_attention_kernel):
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("model_type", CPU_ATTENTION)
-def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_attention_kernel, monkeypatch,
-                                                     model_type, padded):
+def test_short_attention_in_the_models_matches_eager(tiny_backbones, short_attention_kernel, model_type, padded):
     """At 32 tokens in bf16 fpt's CPU attention takes the kernel; the bodies' outputs and input gradients
     stay within bf16 rounding of transformers' eager attention."""
-    calls, kernel = [], fo.short_attention
-    monkeypatch.setattr(fo, "short_attention", lambda *args: calls.append(1) or kernel(*args))
     outs, grads = _eager_and_fpt_cpu_bodies(tiny_backbones[model_type], [32, 20, 5], padded, bf16=True)
     # queries and keys normed in attention (Gemma 3's q_norm, k_norm) leave those fp32 norms in fp32 under
     # autocast: the kernel, bf16 only, is not for them
     qk_normed = any(hasattr(m, "q_norm") for m in load_backbone(tiny_backbones[model_type]).model.modules())
-    assert bool(calls) != qk_normed, "fpt's CPU attention did not take the kernel"
+    took_kernel = SHORT_ATTENTION_NODE in _autograd_nodes(outs[FPT_CPU])
+    assert took_kernel != qk_normed, "fpt's CPU attention did not take the kernel"
+    assert SHORT_ATTENTION_NODE not in _autograd_nodes(outs["eager"])
     torch.testing.assert_close(outs[FPT_CPU], outs["eager"], rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(grads[FPT_CPU], grads["eager"], rtol=3e-2, atol=3e-2)
 
@@ -472,26 +489,25 @@ def test_short_attention_falls_back_to_the_eager_math_without_the_kernel(monkeyp
 def _frozen_bert_self_attention(tiny_backbones):
     backbone = load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU)
     backbone.model.requires_grad_(False)  # FPT freezes the body's attention
-    modules = [m for m in backbone.model.modules() if type(m).__name__ in fo.PROJECTED_ATTENTION_CLASSES]
+    modules = [m for m in backbone.model.modules() if isinstance(m, ARCHITECTURES["bert"].projected_attention())]
     assert len(modules) == 2 and all(type(m).__module__ == "fpt.fastops" for m in modules)
     return modules[0].train()
 
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-def test_projected_attention_is_the_separate_projections(tiny_backbones, short_attention_kernel, monkeypatch, padded):
+def test_projected_attention_is_the_separate_projections(tiny_backbones, short_attention_kernel, padded):
     """BERT's q, k, v from one matmul into short attention: the output and the hidden state's gradient within
     bf16 rounding of the module's own forward (the same dropout masks, from the same seed)."""
     module = _frozen_bert_self_attention(tiny_backbones)
     x = torch.randn(3, 32, 64)
     mask = (torch.arange(32) < torch.tensor([32, 20, 5])[:, None])[:, None, None, :] if padded else None
     results, taken = [], []
-    real = fo._projections_fuse
-    for fused in (True, False):
-        monkeypatch.setattr(fo, "_projections_fuse", lambda *a: taken.append(fused and real(*a)) or taken[-1])
+    for forward in (type(module).forward, type(module).__bases__[0].forward):  # fused, then transformers' own
         h = x.clone().requires_grad_(True)
         torch.manual_seed(2)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = module(h, mask)[0]
+            out = forward(module, h, mask)[0]
+        taken.append(PROJECTED_ATTENTION_NODE in _autograd_nodes(out))
         results.append((out.float(), torch.autograd.grad(out.float().square().sum(), h)[0]))
     assert taken == [True, False]
     torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-2, atol=2e-2)
@@ -505,7 +521,7 @@ def test_projected_attention_only_where_it_applies(tiny_backbones, short_attenti
 
     def fuses(t=32, autocast=True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return fo._projections_fuse(module, torch.randn(2, t, 64), None, None)
+            return projections_fuse(module, torch.randn(2, t, 64), None, None)
 
     assert fuses()
     assert not fuses(t=24) and not fuses(autocast=False)

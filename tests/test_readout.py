@@ -1,6 +1,8 @@
 """The last block computed at the read-out tokens only (fpt/readout.py) gives the full model's numbers."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import load_with_fast_ops
@@ -49,23 +51,24 @@ def _inputs(spec: TaskSpec):
 @pytest.mark.parametrize("attn", ["eager", "sdpa", fastops.FPT_CPU, "fpt_cpu-fused"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
 @pytest.mark.parametrize("model_type", READS_ROWS)
-def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn, monkeypatch):
-    if attn == "fpt_cpu-fused":  # fpt's CPU attention on its fused-kernel path (K queries, T keys)
-        monkeypatch.setattr(fastops, "SDPA_MIN_KEYS", 1)
-        attn = fastops.FPT_CPU
-    spec = SPECS[spec_name]
-    at_rows, full = _pair(tiny_backbones[model_type], spec, attn)
-    assert at_rows.body.reads_rows and not full.body.reads_rows
-    x, lengths = _inputs(spec)
-    out_rows, out_full = at_rows(x, lengths), full(x, lengths)
-    assert out_rows.shape == out_full.shape == (3, spec.num_targets, spec.num_classes)
-    torch.testing.assert_close(out_rows, out_full, atol=1e-5, rtol=1e-5)
-    out_rows.square().sum().backward()
-    out_full.square().sum().backward()
-    grads = {n: p.grad for n, p in full.named_parameters() if p.requires_grad}
-    for name, p in at_rows.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+def test_rows_match_full_last_block(tiny_backbones, model_type, spec_name, attn):
+    with contextlib.ExitStack() as switches:
+        if attn == "fpt_cpu-fused":  # fpt's CPU attention on its fused-kernel path (K queries, T keys)
+            switches.enter_context(fastops.fused_sdpa_from(1))
+            attn = fastops.FPT_CPU
+        spec = SPECS[spec_name]
+        at_rows, full = _pair(tiny_backbones[model_type], spec, attn)
+        assert at_rows.body.reads_rows and not full.body.reads_rows
+        x, lengths = _inputs(spec)
+        out_rows, out_full = at_rows(x, lengths), full(x, lengths)
+        assert out_rows.shape == out_full.shape == (3, spec.num_targets, spec.num_classes)
+        torch.testing.assert_close(out_rows, out_full, atol=1e-5, rtol=1e-5)
+        out_rows.square().sum().backward()
+        out_full.square().sum().backward()
+        grads = {n: p.grad for n, p in full.named_parameters() if p.requires_grad}
+        for name, p in at_rows.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(p.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_every_architecture_reads_rows_and_an_uncovered_config_runs_the_full_block(tiny_backbones):

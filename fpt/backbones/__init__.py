@@ -262,7 +262,7 @@ def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None 
     if name in BACKBONES and BACKBONES.get(name).random_only and init != "random":
         raise FPTError(f"backbone {name!r} has no pretrained weights: use --init random")
     config, arch, ref = load_config(name, dropout=dropout)
-    fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops.py): same math, fewer passes
+    fast_cpu = attn_implementation == fastops.FPT_CPU  # fpt's CPU path (fpt/fastops): same math, fewer passes
     if fast_cpu and arch.standard_eager:
         fastops.register()
     elif fast_cpu:

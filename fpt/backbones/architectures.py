@@ -13,11 +13,36 @@ the tests build of it: adding an architecture is one row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from torch import nn
 
 from fpt import readout
 from fpt.groups import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS  # noqa: F401  (the group names, fpt/groups.py)
+
+
+def _gelu_new() -> tuple[type, ...]:
+    from transformers.activations import NewGELUActivation
+
+    return (NewGELUActivation,)
+
+
+def _bert_residuals() -> tuple[type, ...]:
+    from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+
+    return BertSelfOutput, BertOutput
+
+
+def _bert_self_attention() -> tuple[type, ...]:
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    return (BertSelfAttention,)
+
+
+def _mpnet_residuals() -> tuple[type, ...]:
+    from transformers.models.mpnet.modeling_mpnet import MPNetOutput
+
+    return (MPNetOutput,)
 
 
 @dataclass(frozen=True)
@@ -48,7 +73,7 @@ class Architecture:
     # under `layers`, then the norm at `final_norm`, on the embeddings FPT provides.
     final_norm: str | None = None
     # the model's eager attention is transformers' plain `eager_attention_forward` (causal through its
-    # mask where `causal`), so fpt's CPU attention (fpt/fastops.py: the same math, fewer passes,
+    # mask where `causal`), so fpt's CPU attention (fpt/fastops: the same math, fewer passes,
     # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
     norm_position: str = "post-LN"  # where each block's norms sit: post-LN (BERT, MPNet) or pre-LN (GPT-2, ...)
@@ -61,6 +86,17 @@ class Architecture:
     # a tiny random model's config overrides; initializer_range 0.1 (not 0.02): a model this small needs larger
     # random weights for its frozen attention to single out positions at all
     tiny_config: dict = field(default_factory=dict, hash=False)
+    # --- fpt's fused forwards (fpt/fastops): each returns the transformers classes whose modules get one,
+    # imported when called (importing fpt stays light); None: none in this architecture.
+    # modules whose forward is exactly LayerNorm(dropout(dense(hidden)) + input) (transformers 5.23):
+    # dropout and the residual add in one pass (fastops.use_fused_residual, under fpt_cpu)
+    fused_residual: Callable[[], tuple[type, ...]] | None = None
+    # modules whose forward is exactly query, key and value linear layers on the hidden state, then the
+    # attention interface (transformers 5.23): q, k, v as one matmul (fastops.use_projected_attention, fpt_cpu)
+    projected_attention: Callable[[], tuple[type, ...]] | None = None
+    # GELU modules computed as torch's one tanh-GELU kernel (fastops.use_fused_gelu; every path but `eager`):
+    # transformers' gelu_new, which any of these architectures' configs may name
+    tanh_gelu: Callable[[], tuple[type, ...]] | None = _gelu_new
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -103,6 +139,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             attention_map_class="BertSelfAttention",
             tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
                              max_position_embeddings=64, vocab_size=100, initializer_range=0.1),
+            fused_residual=_bert_residuals,
+            projected_attention=_bert_self_attention,
         ),
         Architecture(
             model_type="mpnet",
@@ -123,6 +161,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             attention_map_class="MPNetAttention",
             tiny_config=dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=64, intermediate_size=128,
                              max_position_embeddings=66, vocab_size=100, initializer_range=0.1),
+            fused_residual=_mpnet_residuals,
         ),
         Architecture(
             model_type="gemma3_text",
@@ -186,6 +225,11 @@ def architecture_for(model_type: str) -> Architecture:
             f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     return ARCHITECTURES[model_type]
+
+
+def fused_classes(field) -> tuple[type, ...]:
+    """The classes one of a row's fused-forward fields (`fused_residual`, ...) names; none where it is None."""
+    return () if field is None else field()
 
 
 def linear_layer_types(arch: Architecture | None) -> tuple[type, ...]:

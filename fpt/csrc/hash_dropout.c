@@ -1,4 +1,4 @@
-/* Dropout in one pass over the tensor, for the CPU (built by fpt/native.py, called by fpt/fastops.py).
+/* Dropout in one pass over the tensor, for the CPU (built by fpt/native.py, called by fpt/fastops/dropout.py and residual.py).
 
    Element i of a tensor is kept iff bits(seed, i) >= thr: bits is the high 32 bits of SplitMix64's
    output function at seed + i * golden, a counter-based generator. Any element's bits follow from

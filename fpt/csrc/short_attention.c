@@ -1,5 +1,5 @@
 /* Attention for short sequences in one pass per head, bf16, for the CPU (built by fpt/native.py, called
-   by fpt/fastops.py).
+   by fpt/fastops/short_attention_kernel.py).
 
    At MNIST's 64 tokens a head's queries, keys, values and its 64 x 64 scores fit in L1, yet torch runs
    attention as batched matmuls of 64 x 64 x 32 (half the matmul peak), a softmax, a dropout and two
