@@ -1,9 +1,12 @@
-"""Tables and plots from finished run directories alone (`fpt report DIR`).
+"""Tables and plots from finished run directories (`fpt report DIR`).
 
 Reads OUT/runs/<row>/<task>/<lr-seed>/{result.json,metrics.jsonl,error.json}
 and OUT/matrix.yaml; writes OUT/results.csv, OUT/table.md and PNG plots.
 Nothing here trains, and no figure is typed by hand: ours come from the run
-files, the paper's from fpt/reference/paper_results.csv.
+files, the paper's from fpt/reference/paper_results.csv. The tables and curves
+need the run files alone; a task's own figures (`Task.report_figures`: Bit
+XOR's attention maps) may rebuild its trained models, where their checkpoints
+are on this machine, and are skipped where they are not.
 """
 from __future__ import annotations
 
