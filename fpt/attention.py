@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -71,8 +72,11 @@ def load_trained(result_path: Path):
     result = json.loads(result_path.read_text())
     cfg = from_dict({**result["config"], "attn_implementation": "eager", "device": "cpu", "precision": "fp32",
                      "last_block_at_readout": False})
+    checkpoint = result_path.parent / "checkpoint.pt"
+    if not checkpoint.is_file():  # committed results keep no checkpoints
+        raise FPTError(f"{result_path.parent} has no checkpoint.pt on this machine (committed runs keep none)")
     exp = build_experiment(cfg)
-    ckpt = torch.load(result_path.parent / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     exp.model.load_state_dict(ckpt["trainable"], strict=False)
     return exp
 
@@ -92,7 +96,8 @@ def plot_bit_xor_attention(matrix, records: list[dict], out: Path) -> Path | Non
             continue
         try:
             exp = load_trained(Path(runs[0]["run_dir"]) / "result.json")
-        except FPTError:
+        except FPTError as e:
+            print(f"attention_bit_xor.png: {row.name} left out: {e}", file=sys.stderr)
             continue
         x = exp.data.splits["test"].x[:256]
         try:

@@ -52,7 +52,7 @@ def collect(out: Path) -> list[dict]:
         rec = {"row_slug": row_slug, "task": task, "lr": float(lr), "seed": int(seed), "run_dir": str(run_dir)}
         if (run_dir / "result.json").exists():
             res = json.loads((run_dir / "result.json").read_text())
-            rec.update({k: res.get(k) for k in CSV_FIELDS if k in res})
+            rec.update({k: res.get(k) for k in CSV_FIELDS if k in res and k != "run_dir"})  # where it is now
             rec["train"] = ",".join(res.get("train", []))
             rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "data_notes",
                                                  "majority_test_accuracy")})
