@@ -189,6 +189,25 @@ def test_table1_plans_every_row_in_every_budget(budget, tmp_path):
         assert len(planned) == 28 and all(r.config.precision == "auto" for r in planned)
 
 
+def test_cpu_large_budget_is_cpus_recipes_with_fewer_steps(tmp_path):
+    """The 12 x 768 budget plans both compared rows on its four tasks with cpu's recipe, never more steps,
+    the same steps for every row of a task; tasks it leaves out are listed as not covered."""
+    from fpt.budgets import get_budget
+
+    cpu, large = get_budget("cpu"), get_budget("cpu-large")
+    assert set(large) == {"bit-xor", "bit-memory", "mnist", "cifar10"}
+    for task, cell in large.items():
+        assert cell.steps <= cpu[task].steps and cell.warmup_steps < cell.steps
+        assert (cell.lr, cell.lr_schedule, cell.dropout, cell.batch_size) == \
+            (cpu[task].lr, cpu[task].lr_schedule, cpu[task].dropout, cpu[task].batch_size)
+    runs = plan(load_matrix("pretraining"), budget="cpu-large", seeds=1, out=tmp_path,
+                rows=["Pretrained (language)", "Random init"])
+    planned = [r for r in runs if r.config is not None]
+    assert len(planned) == 2 * 4
+    assert {(r.task, r.config.steps) for r in planned} == {(t, c.steps) for t, c in large.items()}
+    assert {r.task for r in runs if r.config is None and "does not cover" in r.skip_reason} >= {"listops", "homology"}
+
+
 def test_report_works_on_committed_runs_moved_and_without_checkpoints(tiny_matrix, tmp_path, capsys):
     """What a fresh clone has: the run files without checkpoints, in another folder than they were trained in."""
     import shutil

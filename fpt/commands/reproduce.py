@@ -5,6 +5,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from fpt.budgets import BUDGETS
+
 
 def _lrs(text: str | None) -> list[float] | None:
     from fpt.errors import FPTError
@@ -24,7 +26,7 @@ def _names(text: str | None) -> list[str] | None:
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run an experiment matrix (a paper table)", description=__doc__)
     p.add_argument("matrix", help="a name under configs/ (table1, params, ...) or a YAML path")
-    p.add_argument("--budget", default="smoke", help="smoke | cpu | paper (fpt/budgets.py)")
+    p.add_argument("--budget", default="smoke", help=f"{' | '.join(BUDGETS)} (fpt/budgets.py)")
     p.add_argument("--backbone", help="backbone for rows that do not name one (default: minilm)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
     p.add_argument("--out", help="output folder (default: results/<matrix>-<budget>)")
