@@ -8,13 +8,14 @@
 #
 #   OUT=gpu-out tools/gpu_results.sh                              # table1, budget gpu, 540 s a row
 #   MATRIX=params ROWS="output only,+ layernorm" OUT=gpu-out tools/gpu_results.sh
+#   MATRIX=pretraining BACKBONE=mpnet ROWS="Pretrained (language),Random init" OUT=gpu-out tools/gpu_results.sh
 #   PYTHON=.venv/bin/python BUDGET=smoke TIME_LIMIT=120 OUT=/tmp/g tools/gpu_results.sh   # on a CPU, tiny
 #
 # Data: $FPT_DATA (default $OUT/data); MNIST, CIFAR-10 and remote homology are taken from
 # $SOURCE_DATA (default ../shared/data, if present) when missing, ListOps is generated.
 set -uo pipefail
 OUT=${OUT:-gpu-out}; MATRIX=${MATRIX:-table1}; BUDGET=${BUDGET:-gpu}; TIME_LIMIT=${TIME_LIMIT:-540}
-PYTHON=${PYTHON:-python3}; SOURCE_DATA=${SOURCE_DATA:-../shared/data}
+BACKBONE=${BACKBONE:-}; PYTHON=${PYTHON:-python3}; SOURCE_DATA=${SOURCE_DATA:-../shared/data}
 export FPT_DATA=${FPT_DATA:-$OUT/data} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p "$OUT/parts" "$FPT_DATA"
 fpt() { "$PYTHON" -m fpt "$@"; }
@@ -40,11 +41,11 @@ IFS=',' read -ra row_list <<< "$rows"
 for row in "${row_list[@]}"; do
     slug=$(echo "$row" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')
     timeout "$TIME_LIMIT" "$PYTHON" -m fpt reproduce "$MATRIX" --budget "$BUDGET" --rows "$row" --quiet \
-        --out "$OUT/parts/$slug" > "$OUT/parts/$slug.log" 2>&1 &
+        ${BACKBONE:+--backbone "$BACKBONE"} --out "$OUT/parts/$slug" > "$OUT/parts/$slug.log" 2>&1 &
 done
 wait
 
-sweep="$OUT/results/$MATRIX-$BUDGET"
+sweep="$OUT/results/$MATRIX${BACKBONE:+-$BACKBONE}-$BUDGET"
 mkdir -p "$sweep/runs"
 for part in "$OUT"/parts/*/; do
     [ -d "$part/runs" ] && cp -r "$part"/runs/* "$sweep/runs/"
