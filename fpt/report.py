@@ -167,11 +167,18 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
             inits = ", ".join(sorted({r["init"] for r in mine if r.get("init")}))
             notes.append(f"- {row.name}: {a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
                          + (f", {a['heads']} heads" if a.get("heads") else "") + f"; {inits} init; {trained}.")
-    hosts = sorted({f"{r['host']['cpu']} ({'native bf16' if r['host']['native_bf16'] else 'no native bf16'})"
-                    for r in records if r.get("host")})
+    hosts = {}  # host -> the bf16 matmul rates its runs measured: hosts of one name differ 2x (wall times too)
+    for r in records:
+        if r.get("host"):
+            h = f"{r['host']['cpu']} ({'native bf16' if r['host']['native_bf16'] else 'no native bf16'}"
+            rate = (r.get("precision_auto") or {}).get("bf16_gflops")
+            hosts.setdefault(h, set()).update([round(rate)] if rate else [])
     precisions = sorted({r["precision"] for r in records if r.get("precision")})
     if hosts:
-        notes.append(f"- Measured on: {'; '.join(hosts)}; precision {', '.join(precisions)}.")
+        described = [h + (f"; bf16 matmul {min(g)}" + (f"-{max(g)}" if max(g) > min(g) else "") + " GFLOP/s)"
+                          if g else ")") for h, g in sorted(hosts.items())]
+        notes.append(f"- Measured on: {'; '.join(described)}; precision {', '.join(precisions)}."
+                     + (" Wall times move with the host's rate." if any(len(g) > 1 for g in hosts.values()) else ""))
     for note in sorted({f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
         notes.append(f"- {note}.")
     return notes

@@ -226,3 +226,16 @@ def test_report_works_on_committed_runs_moved_and_without_checkpoints(tiny_matri
     assert "has no checkpoint.pt on this machine" in capsys.readouterr().err  # the attention figure, left out
     with open(moved / "results.csv") as f:
         assert all(r["run_dir"].startswith(str(moved)) for r in csv.DictReader(f))
+
+
+def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix):
+    """Two hosts of one CPU name can differ 2x in bf16 rate, so wall times beside each other need it."""
+    from fpt.report import _run_notes
+
+    host = {"cpu": "AMD EPYC", "native_bf16": True}
+    records = [{"row_slug": "pretrained", "host": host, "precision": "bf16",
+                "precision_auto": {"bf16_gflops": rate}} for rate in (898.1, 417.1)]
+    records.append({"row_slug": "random", "host": {"cpu": "Intel Xeon", "native_bf16": False}, "precision": "fp32"})
+    note = next(n for n in _run_notes(load_matrix(tiny_matrix), records) if n.startswith("- Measured on:"))
+    assert note == ("- Measured on: AMD EPYC (native bf16; bf16 matmul 417-898 GFLOP/s); Intel Xeon (no native bf16);"
+                    " precision bf16, fp32. Wall times move with the host's rate.")
