@@ -54,7 +54,7 @@ def collect(out: Path) -> list[dict]:
             res = json.loads((run_dir / "result.json").read_text())
             rec.update({k: res.get(k) for k in CSV_FIELDS if k in res and k != "run_dir"})  # where it is now
             rec["train"] = ",".join(res.get("train", []))
-            rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "data_notes",
+            rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "precision_auto", "data_notes",
                                                  "majority_test_accuracy")})
         elif (run_dir / "error.json").exists():
             rec.update(status="error", error=json.loads((run_dir / "error.json").read_text())["error"])

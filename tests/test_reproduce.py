@@ -228,14 +228,17 @@ def test_report_works_on_committed_runs_moved_and_without_checkpoints(tiny_matri
         assert all(r["run_dir"].startswith(str(moved)) for r in csv.DictReader(f))
 
 
-def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix):
+def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix, tmp_path):
     """Two hosts of one CPU name can differ 2x in bf16 rate, so wall times beside each other need it."""
-    from fpt.report import _run_notes
+    from fpt.report import _run_notes, collect
 
-    host = {"cpu": "AMD EPYC", "native_bf16": True}
-    records = [{"row_slug": "pretrained", "host": host, "precision": "bf16",
-                "precision_auto": {"bf16_gflops": rate}} for rate in (898.1, 417.1)]
-    records.append({"row_slug": "random", "host": {"cpu": "Intel Xeon", "native_bf16": False}, "precision": "fp32"})
-    note = next(n for n in _run_notes(load_matrix(tiny_matrix), records) if n.startswith("- Measured on:"))
+    amd, intel = {"cpu": "AMD EPYC", "native_bf16": True}, {"cpu": "Intel Xeon", "native_bf16": False}
+    for run, host, precision, auto in [("pretrained/bit-xor/lr0.001-seed0", amd, "bf16", {"bf16_gflops": 898.1}),
+                                       ("pretrained/bit-xor/lr0.001-seed1", amd, "bf16", {"bf16_gflops": 417.1}),
+                                       ("random/bit-xor/lr0.001-seed0", intel, "fp32", None)]:
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "result.json").write_text(json.dumps(
+            {"host": host, "precision": precision, "precision_auto": auto, "status": "finished"}))
+    note = next(n for n in _run_notes(load_matrix(tiny_matrix), collect(tmp_path)) if n.startswith("- Measured on:"))
     assert note == ("- Measured on: AMD EPYC (native bf16; bf16 matmul 417-898 GFLOP/s); Intel Xeon (no native bf16);"
                     " precision bf16, fp32. Wall times move with the host's rate.")

@@ -11,8 +11,8 @@
 #   MATRIX=pretraining BACKBONE=mpnet ROWS="Pretrained (language),Random init" OUT=gpu-out tools/gpu_results.sh
 #   PYTHON=.venv/bin/python BUDGET=smoke TIME_LIMIT=120 OUT=/tmp/g tools/gpu_results.sh   # on a CPU, tiny
 #
-# Data: $FPT_DATA (default $OUT/data); MNIST, CIFAR-10 and remote homology are taken from
-# $SOURCE_DATA (default ../shared/data, if present) when missing, ListOps is generated.
+# Data: $FPT_DATA (default $OUT/data), filled by tools/prepare_data.sh from $SOURCE_DATA (default
+# ../shared/data, if present) when missing; ListOps is generated.
 set -uo pipefail
 OUT=${OUT:-gpu-out}; MATRIX=${MATRIX:-table1}; BUDGET=${BUDGET:-gpu}; TIME_LIMIT=${TIME_LIMIT:-540}
 BACKBONE=${BACKBONE:-}; PYTHON=${PYTHON:-python3}; SOURCE_DATA=${SOURCE_DATA:-../shared/data}
@@ -22,19 +22,7 @@ fpt() { "$PYTHON" -m fpt "$@"; }
 
 tasks=$("$PYTHON" -c "from fpt.reproduce import load_matrix; from fpt.budgets import get_budget
 b = get_budget('$BUDGET'); print(' '.join(t for t in load_matrix('$MATRIX').tasks if t in b))") || exit 1
-for task in $tasks; do  # data, once, before the clock of the rows starts
-    case $task in
-        mnist) [ -d "$FPT_DATA/mnist" ] || cp -r "$SOURCE_DATA/mnist" "$FPT_DATA/" 2>/dev/null; fpt data prepare mnist ;;
-        cifar10|cifar10-lra)
-            if [ ! -d "$FPT_DATA/cifar10/cifar-10-batches-py" ] && [ -f "$SOURCE_DATA/cifar10/to_cifar_py.py" ]; then
-                "$PYTHON" "$SOURCE_DATA/cifar10/to_cifar_py.py" "$FPT_DATA/cifar10"
-            fi
-            fpt data prepare cifar10 ;;
-        homology) [ -d "$FPT_DATA/remote_homology" ] || cp -r "$SOURCE_DATA/remote_homology" "$FPT_DATA/" 2>/dev/null
-                  fpt data prepare homology ;;
-        listops) fpt data prepare listops ;;
-    esac || echo "gpu_results: data for $task not ready; its cells will say why" >&2
-done
+FPT_DATA="$FPT_DATA" PYTHON="$PYTHON" SOURCE_DATA="$SOURCE_DATA" tools/prepare_data.sh $tasks  # before the rows' clock
 
 rows=${ROWS:-$("$PYTHON" -c "from fpt.reproduce import load_matrix; print(','.join(r.name for r in load_matrix('$MATRIX').rows))")}
 IFS=',' read -ra row_list <<< "$rows"

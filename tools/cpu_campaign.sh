@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The results campaign on a CPU, one run at a time (two trainings on 2 cores each run 5-20x slower):
+# each line of QUEUE is the arguments of one `fpt reproduce` (tools/campaign-queue.txt: what is left,
+# in the order it should run). Lines whose runs are finished cost a few seconds (a sweep skips them),
+# a partial run resumes from its checkpoint, so the same queue is simply run again next session.
+# With COMMIT=1 each line's finished runs are committed as they land (never checkpoints: .gitignore),
+# with the README's table regenerated when the line is table1's cpu sweep.
+#
+#   tools/cpu_campaign.sh                                    # tools/campaign-queue.txt, no commits
+#   COMMIT=1 PYTHON=.venv/bin/python tools/cpu_campaign.sh tools/campaign-queue.txt > campaign.log 2>&1 &
+#   kill -STOP / -CONT on its process group pauses it while the test suite runs
+#
+# Data: $FPT_DATA (default ./data), filled once by tools/prepare_data.sh.
+set -uo pipefail
+QUEUE=${1:-tools/campaign-queue.txt}; PYTHON=${PYTHON:-python3}; COMMIT=${COMMIT:-0}
+export FPT_DATA=${FPT_DATA:-data} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+[ -f "$QUEUE" ] || { echo "cpu_campaign: no queue file $QUEUE" >&2; exit 2; }
+PYTHON="$PYTHON" tools/prepare_data.sh mnist cifar10 listops homology
+for backbone in $(grep -vE '^\s*#' "$QUEUE" | grep -oE -- '--backbone [^ ]+' | cut -d' ' -f2 | sort -u); do
+    "$PYTHON" -m fpt backbones install "$backbone" || echo "cpu_campaign: backbone $backbone not installed" >&2
+done
+
+out_of() {  # the sweep folder a reproduce line writes: its --out, else results/<matrix>-<budget>
+    local out; out=$(grep -oE -- '--out [^ ]+' <<< "$1" | cut -d' ' -f2)
+    [ -n "$out" ] && { echo "$out"; return; }
+    local budget; budget=$(grep -oE -- '--budget [^ ]+' <<< "$1" | cut -d' ' -f2)
+    echo "results/$(awk '{print $1}' <<< "$1")-${budget:-cpu}"
+}
+
+grep -vE '^\s*(#|$)' "$QUEUE" | while IFS= read -r line; do
+    line=${line%%#*}  # a line's trailing comment (its expected minutes)
+    echo "$(date -u +%FT%TZ) start: fpt reproduce $line"
+    eval "\"$PYTHON\" -m fpt reproduce $line --quiet" < /dev/null
+    echo "$(date -u +%FT%TZ) end (exit $?): fpt reproduce $line"
+    out=$(out_of "$line")
+    if [ "$COMMIT" = 1 ] && [ -n "$(git status --porcelain -- "$out")" ]; then
+        paths=("$out")
+        if [ "$out" = results/table1-cpu ] && "$PYTHON" -m fpt report "$out" --readme README.md > /dev/null; then
+            paths+=(README.md)
+        fi
+        git add -- "${paths[@]}" && git commit -q -m "results: fpt reproduce $line" -- "${paths[@]}" \
+            && echo "committed $out"
+    fi
+done
