@@ -24,7 +24,7 @@ out_of() {  # the sweep folder a reproduce line writes: its --out, else results/
     local out; out=$(grep -oE -- '--out [^ ]+' <<< "$1" | cut -d' ' -f2)
     [ -n "$out" ] && { echo "$out"; return; }
     local budget; budget=$(grep -oE -- '--budget [^ ]+' <<< "$1" | cut -d' ' -f2)
-    echo "results/$(awk '{print $1}' <<< "$1")-${budget:-cpu}"
+    echo "results/$(awk '{print $1}' <<< "$1")-${budget:-smoke}"  # reproduce's default budget
 }
 
 grep -vE '^\s*(#|$)' "$QUEUE" | while IFS= read -r line; do
