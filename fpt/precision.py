@@ -4,7 +4,9 @@
 - CPU: a probe times a few matmuls of the model's width in both precisions (about 0.1-0.3 s) and
   picks the faster. CPUs with AVX512-BF16 or AMX run bf16 several times faster than fp32; CPUs without
   run it about 5x slower (emulated through fp32), so the pick matters either way. The result is cached
-  in $FPT_CACHE/precision/, keyed by the CPU's flags and the width, so a host probes once.
+  in $FPT_CACHE/precision/, keyed by the CPU's flags and the width, so a host probes once; a probe
+  timed while other processes ran on the CPU (a training beside it measured a third of the idle rate)
+  is used for that run, marked `contended`, and not cached.
 
 `FPT_AUTO_PRECISION=fp32|bf16` pins what auto picks without a probe (a cluster of mixed nodes, the
 tests: the same numerics on every host). An explicit fp32 or bf16 is obeyed; bf16 on a CPU where the probe finds it slower gets one warning
@@ -58,6 +60,16 @@ def _rate(dtype: torch.dtype, width: int, repeats: int = 3) -> float:
     return 2 * PROBE_ROWS * width * 4 * width / best / 1e9
 
 
+def other_runnable_threads(loadavg: str = "/proc/loadavg") -> int:
+    """Threads of other processes runnable on this host now (Linux's loadavg; 0 where unknown)."""
+    try:
+        with open(loadavg) as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(runnable - 1, 0)  # the reading thread itself is one
+
+
 def probe_cpu(width: int) -> dict:
     """{'fp32_gflops', 'bf16_gflops'} for this CPU at `width`, measured once per host and cached."""
     path = _probe_file(width)
@@ -67,8 +79,12 @@ def probe_cpu(width: int) -> dict:
             return {**cached, "cached": True}
     except (OSError, ValueError):
         pass
+    busy_before = other_runnable_threads()
     rates = {"fp32_gflops": round(_rate(torch.float32, width), 1), "bf16_gflops": round(_rate(torch.bfloat16, width), 1),
              "width": width}
+    # Contended only if others ran both before and after: a passing `ls` is not a training beside us.
+    if min(busy_before, other_runnable_threads()) > 0:
+        return {**rates, "cached": False, "contended": True}
     with contextlib.suppress(OSError):  # a read-only cache only costs the probe next time
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, rates)

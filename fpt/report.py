@@ -167,18 +167,25 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
             inits = ", ".join(sorted({r["init"] for r in mine if r.get("init")}))
             notes.append(f"- {row.name}: {a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
                          + (f", {a['heads']} heads" if a.get("heads") else "") + f"; {inits} init; {trained}.")
-    hosts = {}  # host -> the bf16 matmul rates its runs measured: hosts of one name differ 2x (wall times too)
+    # host -> probe width -> the bf16 matmul rates its runs measured: hosts of one name differ 2x (wall
+    # times too); rates at different widths are not comparable, and a contended probe measured the load
+    hosts: dict[str, dict] = {}
     for r in records:
         if r.get("host"):
             h = f"{r['host']['cpu']} ({'native bf16' if r['host']['native_bf16'] else 'no native bf16'}"
-            rate = (r.get("precision_auto") or {}).get("bf16_gflops")
-            hosts.setdefault(h, set()).update([round(rate)] if rate else [])
+            auto = r.get("precision_auto") or {}
+            widths = hosts.setdefault(h, {})
+            if auto.get("bf16_gflops") and not auto.get("contended"):
+                widths.setdefault(auto.get("width"), set()).add(round(auto["bf16_gflops"]))
     precisions = sorted({r["precision"] for r in records if r.get("precision")})
     if hosts:
-        described = [h + (f"; bf16 matmul {min(g)}" + (f"-{max(g)}" if max(g) > min(g) else "") + " GFLOP/s)"
-                          if g else ")") for h, g in sorted(hosts.items())]
+        def rates(by_width: dict) -> str:
+            return ", ".join(f"{min(g)}" + (f"-{max(g)}" if max(g) > min(g) else "") + " GFLOP/s"
+                             + (f" at width {w}" if w else "") for w, g in sorted(by_width.items(), key=str))
+        described = [h + (f"; bf16 matmul {rates(w)})" if w else ")") for h, w in sorted(hosts.items())]
+        varies = any(len(g) > 1 for w in hosts.values() for g in w.values())
         notes.append(f"- Measured on: {'; '.join(described)}; precision {', '.join(precisions)}."
-                     + (" Wall times move with the host's rate." if any(len(g) > 1 for g in hosts.values()) else ""))
+                     + (" Wall times move with the host's rate." if varies else ""))
     for note in sorted({f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
         notes.append(f"- {note}.")
     return notes

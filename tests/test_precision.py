@@ -27,6 +27,26 @@ def _rates(fp32: float, bf16: float):
     return lambda width: {"fp32_gflops": fp32, "bf16_gflops": bf16, "width": width, "cached": False}
 
 
+def test_a_probe_timed_beside_another_job_is_marked_and_not_cached(monkeypatch, tmp_path):
+    """A training beside the probe cut its rates to a third; cached, they would stand for the host."""
+    monkeypatch.setenv("FPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fpt.precision, "other_runnable_threads", lambda: 2)
+    busy = probe_cpu(128)
+    assert busy["contended"] is True and busy["cached"] is False and busy["bf16_gflops"] > 0
+    assert not (tmp_path / "precision").exists()
+    monkeypatch.setattr(fpt.precision, "other_runnable_threads", lambda: 0)
+    assert "contended" not in probe_cpu(128) and probe_cpu(128)["cached"] is True
+
+
+@pytest.mark.parametrize("loadavg, others", [("2.18 2.06 1.97 3/82 18511\n", 2), ("0.01 0.02 0.00 1/70 99\n", 0),
+                                             (None, 0), ("garbled\n", 0)], ids=["training", "idle", "no-file", "garbled"])
+def test_other_runnable_threads_counts_all_but_the_reader(tmp_path, loadavg, others):
+    path = tmp_path / "loadavg"
+    if loadavg is not None:
+        path.write_text(loadavg)
+    assert fpt.precision.other_runnable_threads(str(path)) == others
+
+
 @pytest.mark.parametrize("fp32, bf16, picked", [(240.0, 51.0, "fp32"), (120.0, 600.0, "bf16")],
                          ids=["no-native-bf16", "avx512-bf16"])
 def test_auto_picks_the_faster_precision_on_the_cpu(monkeypatch, fp32, bf16, picked):
@@ -52,6 +72,7 @@ def test_explicit_bf16_is_obeyed_with_one_warning_where_slower(monkeypatch):
 
 def test_probe_measures_both_rates_once_per_host(monkeypatch, tmp_path):
     monkeypatch.setenv("FPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fpt.precision, "other_runnable_threads", lambda: 0)  # an idle host
     first = probe_cpu(128)
     assert first["cached"] is False and first["fp32_gflops"] > 0 and first["bf16_gflops"] > 0
     (path,) = (tmp_path / "precision").iterdir()

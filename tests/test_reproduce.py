@@ -234,16 +234,20 @@ def test_report_works_on_committed_runs_moved_and_without_checkpoints(tiny_matri
 
 
 def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix, tmp_path):
-    """Two hosts of one CPU name can differ 2x in bf16 rate, so wall times beside each other need it."""
+    """Two hosts of one CPU name can differ 2x in bf16 rate, so wall times beside each other need it; a
+    rate at another width is not the same figure, and a probe beside another job measured the load."""
     from fpt.report import _run_notes, collect
 
     amd, intel = {"cpu": "AMD EPYC", "native_bf16": True}, {"cpu": "Intel Xeon", "native_bf16": False}
-    for run, host, precision, auto in [("pretrained/bit-xor/lr0.001-seed0", amd, "bf16", {"bf16_gflops": 898.1}),
-                                       ("pretrained/bit-xor/lr0.001-seed1", amd, "bf16", {"bf16_gflops": 417.1}),
-                                       ("random/bit-xor/lr0.001-seed0", intel, "fp32", None)]:
+    runs = [("pretrained/bit-xor/lr0.001-seed0", amd, "bf16", {"bf16_gflops": 898.1, "width": 384}),
+            ("pretrained/bit-xor/lr0.001-seed1", amd, "bf16", {"bf16_gflops": 417.1, "width": 384}),
+            ("pretrained/bit-xor/lr0.001-seed2", amd, "bf16", {"bf16_gflops": 429.0, "width": 768}),
+            ("pretrained/bit-xor/lr0.001-seed3", amd, "bf16", {"bf16_gflops": 127.3, "width": 384, "contended": True}),
+            ("random/bit-xor/lr0.001-seed0", intel, "fp32", None)]
+    for run, host, precision, auto in runs:
         (tmp_path / "runs" / run).mkdir(parents=True)
         (tmp_path / "runs" / run / "result.json").write_text(json.dumps(
             {"host": host, "precision": precision, "precision_auto": auto, "status": "finished"}))
     note = next(n for n in _run_notes(load_matrix(tiny_matrix), collect(tmp_path)) if n.startswith("- Measured on:"))
-    assert note == ("- Measured on: AMD EPYC (native bf16; bf16 matmul 417-898 GFLOP/s); Intel Xeon (no native bf16);"
-                    " precision bf16, fp32. Wall times move with the host's rate.")
+    assert note == ("- Measured on: AMD EPYC (native bf16; bf16 matmul 417-898 GFLOP/s at width 384, 429 GFLOP/s at"
+                    " width 768); Intel Xeon (no native bf16); precision bf16, fp32. Wall times move with the host's rate.")
