@@ -16,6 +16,7 @@ auto measured goes into result.json.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -60,14 +61,24 @@ def _rate(dtype: torch.dtype, width: int, repeats: int = 3) -> float:
     return 2 * PROBE_ROWS * width * 4 * width / best / 1e9
 
 
-def other_runnable_threads(loadavg: str = "/proc/loadavg") -> int:
+def _own_runnable_threads(tasks: str = "/proc/self/task") -> int:
+    """This process's threads that are running or runnable now (torch's pool spins a while after a matmul)."""
+    count = 0
+    for stat in glob.glob(os.path.join(tasks, "*", "stat")):
+        with contextlib.suppress(OSError, IndexError):
+            with open(stat) as f:
+                count += f.read().rsplit(")", 1)[1].split()[0] == "R"
+    return max(count, 1)  # at least the reading thread
+
+
+def other_runnable_threads(loadavg: str = "/proc/loadavg", tasks: str = "/proc/self/task") -> int:
     """Threads of other processes runnable on this host now (Linux's loadavg; 0 where unknown)."""
     try:
         with open(loadavg) as f:
             runnable = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
-    return max(runnable - 1, 0)  # the reading thread itself is one
+    return max(runnable - _own_runnable_threads(tasks), 0)
 
 
 def probe_cpu(width: int) -> dict:

@@ -38,13 +38,19 @@ def test_a_probe_timed_beside_another_job_is_marked_and_not_cached(monkeypatch, 
     assert "contended" not in probe_cpu(128) and probe_cpu(128)["cached"] is True
 
 
-@pytest.mark.parametrize("loadavg, others", [("2.18 2.06 1.97 3/82 18511\n", 2), ("0.01 0.02 0.00 1/70 99\n", 0),
-                                             (None, 0), ("garbled\n", 0)], ids=["training", "idle", "no-file", "garbled"])
-def test_other_runnable_threads_counts_all_but_the_reader(tmp_path, loadavg, others):
-    path = tmp_path / "loadavg"
+@pytest.mark.parametrize("loadavg, own, others", [
+    ("2.18 2.06 1.97 3/82 18511\n", "RS", 2),   # a 2-thread training beside us
+    ("0.01 0.02 0.00 1/70 99\n", "RS", 0),      # idle
+    ("1.90 1.50 1.00 3/70 99\n", "RRS", 1),     # our own pool still spinning after a matmul is not another job
+    (None, "R", 0), ("garbled\n", "R", 0)], ids=["training", "idle", "own-pool", "no-file", "garbled"])
+def test_other_runnable_threads_counts_other_processes_only(tmp_path, loadavg, own, others):
+    path, tasks = tmp_path / "loadavg", tmp_path / "task"
     if loadavg is not None:
         path.write_text(loadavg)
-    assert fpt.precision.other_runnable_threads(str(path)) == others
+    for tid, state in enumerate(own):  # /proc/self/task/<tid>/stat: "tid (comm) state ..."
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (python (x)) {state} 1 2 3\n")
+    assert fpt.precision.other_runnable_threads(str(path), str(tasks)) == others
 
 
 @pytest.mark.parametrize("fp32, bf16, picked", [(240.0, 51.0, "fp32"), (120.0, 600.0, "bf16")],
