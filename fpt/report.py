@@ -180,8 +180,9 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
     precisions = sorted({r["precision"] for r in records if r.get("precision")})
     if hosts:
         def rates(by_width: dict) -> str:
+            by_width = sorted(by_width.items(), key=lambda wg: wg[0] or 0)  # numerically: 384 before 1024
             return ", ".join(f"{min(g)}" + (f"-{max(g)}" if max(g) > min(g) else "") + " GFLOP/s"
-                             + (f" at width {w}" if w else "") for w, g in sorted(by_width.items(), key=str))
+                             + (f" at width {w}" if w else "") for w, g in by_width)
         described = [h + (f"; bf16 matmul {rates(w)})" if w else ")") for h, w in sorted(hosts.items())]
         varies = any(len(g) > 1 for w in hosts.values() for g in w.values())
         notes.append(f"- Measured on: {'; '.join(described)}; precision {', '.join(precisions)}."
