@@ -130,10 +130,16 @@ def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
     assert (out / "table.md").read_text() == rerun_table
 
 
-def test_dry_run_estimates(tiny_matrix, tmp_path, capsys):
+@pytest.mark.parametrize("others", [0, 2])
+def test_dry_run_estimates_and_says_when_another_job_slowed_its_timing(tiny_matrix, tmp_path, capsys,
+                                                                       monkeypatch, others):
+    import fpt.precision
+
+    monkeypatch.setattr(fpt.precision, "other_runnable_threads", lambda: others)
     assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "estimated total" in out and "ms =" in out
+    assert ("2 thread(s) of other processes were running" in out) == (others == 2)
     assert not (tmp_path / "o").exists()
 
 

@@ -91,13 +91,21 @@ def run_reproduce(args: argparse.Namespace) -> int:
         finished = [r for r in planned if run_state(r) == "done"]
         for r in finished:
             print(f"  done {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g}: {_finished_line(r)}")
+        from fpt.precision import other_runnable_threads
+
         total = 0.0
+        busy_before = other_runnable_threads()
         for e in estimate([r for r in planned if run_state(r) != "done"]):
             total += e["est_s"]
             print(f"  {e['row']:<28} {e['task']:<16} seed {e['seed']} lr {e['lr']:<8g} {e['steps']:>7} steps "
                   f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
         print(f"estimated total: {total / 3600:.2f} h on this device for the {len(planned) - len(finished)} runs "
               f"not finished (training steps timed here, +10% for eval)")
+        # the same test as the precision probe's: others ran before and after, so they ran throughout
+        busy = min(busy_before, other_runnable_threads())
+        if busy:
+            print(f"note: {busy} thread(s) of other processes were running on this host while the steps were "
+                  f"timed, so these times are too long; time again when nothing else runs")
         return 0
     # one sweep per folder at a time (each run directory in it is locked again by the run itself); a
     # folder this call creates is removed again if the sweep stops before writing into it
