@@ -63,7 +63,7 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
                             lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
         # NOTE: CIFAR-10 gets MNIST's recipe (same tokens, same underfitting frozen body): 8,000 steps are
         # 5 epochs, where the paper trains 400,000 steps. On MNIST and CIFAR-10 the LSTM row's step is
-        # 3.5x FPT's: its runs take 75-95 minutes (MNIST's: 91 on the slower bf16 host), the budget's
+        # 3.5x FPT's: its runs take 75-95 minutes (91 and 94 on the slower bf16 host), the budget's
         # one excess, kept so that every row of a task trains the same steps.
         "cifar10": TaskBudget(steps=8000, eval_every=2000, target_accuracy=0.68,
                               lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
