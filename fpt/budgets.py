@@ -13,7 +13,8 @@ device runs it faster, fp32 elsewhere.
          are "not converged" in the report, beside the majority-class baseline.
 - cpu-large: the cpu recipes for a 12 x 768 body (MPNet; GPT-2 small's shape), whose step costs 6-8x
          MiniLM's: the four short-sequence tasks of the second-backbone comparison, steps cut so that a run
-         stays near cpu's 45 minutes. Every row of a task still trains the same steps.
+         stays near cpu's 45 minutes (up to 75 on the slower bf16 host). Every row of a task still trains
+         the same steps.
 - gpu:   every task in about 10 minutes on one H100 (tools/gpu_results.sh runs the four table1 rows side by
          side); the same recipes as cpu, more examples per run.
 - paper: the paper's step counts (Table 6's steps to converge, rounded up), for a GPU.
@@ -103,8 +104,9 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
 
 
 # NOTE: MPNet on this 2-core host (measured: Bit XOR 1,000 steps in 4-11 min; MiniLM's cpu MNIST run of
-# 20 min becomes about 2.5 h). Derived from cpu's cells so that only steps and evaluation differ. The
-# cosine recipes decay to 0 over the shorter runs, so each is a complete recipe, not a truncated cpu run;
+# 20 min becomes about 2.5 h; these cells' MNIST took 48 min on the faster bf16 host, Bit Memory's first
+# 200 steps 15 min on the slower one). Derived from cpu's cells so that only steps and evaluation
+# differ. The cosine recipes decay to 0 over the shorter runs, so each is a complete recipe, not a truncated cpu run;
 # Bit Memory keeps its constant rate for half the steps (MiniLM's FPT reached 99% at steps 1,400-1,600,
 # Random init never: the gap shows by step 1,000).
 BUDGETS["cpu-large"] = {
