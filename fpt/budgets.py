@@ -104,8 +104,8 @@ BUDGETS: dict[str, dict[str, TaskBudget]] = {
 
 
 # NOTE: MPNet on this 2-core host (measured: Bit XOR 1,000 steps in 4-11 min; MiniLM's cpu MNIST run of
-# 20 min becomes about 2.5 h; these cells' MNIST took 48 min on the faster bf16 host, Bit Memory's first
-# 200 steps 15 min on the slower one). Derived from cpu's cells so that only steps and evaluation
+# 20 min becomes about 2.5 h; these cells' MNIST took 48 min on the faster bf16 host, Bit Memory's 1,000
+# steps 75 min on the slower one). Derived from cpu's cells so that only steps and evaluation
 # differ. The cosine recipes decay to 0 over the shorter runs, so each is a complete recipe, not a
 # truncated cpu run; Bit Memory keeps its constant rate for half the steps (MiniLM's FPT reached 99%
 # at steps 1,400-1,600, Random init never: the gap shows by step 1,000).
