@@ -13,7 +13,7 @@ device runs it faster, fp32 elsewhere.
          are "not converged" in the report, beside the majority-class baseline.
 - cpu-large: the cpu recipes for a 12 x 768 body (MPNet; GPT-2 small's shape), whose step costs 6-8x
          MiniLM's: the four short-sequence tasks of the second-backbone comparison, steps cut so that a run
-         stays near cpu's 45 minutes (60-75 on the slower bf16 host), CIFAR-10 at a lower peak rate
+         stays near cpu's 45 minutes (75-95 on the slower bf16 host), CIFAR-10 at a lower peak rate
          (below). Every row of a task still trains the same steps and recipe.
 - gpu:   every task in about 10 minutes on one H100 (tools/gpu_results.sh runs the four table1 rows side by
          side); the same recipes as cpu, more examples per run.
