@@ -149,6 +149,24 @@ def test_shipped_matrices_parse():
         assert m.rows and m.tasks
 
 
+def test_campaign_queue_lines_are_valid_reproduce_commands(tmp_path):
+    """tools/campaign-queue.txt runs unattended for hours: a renamed row, task or budget must fail here."""
+    import shlex
+    from pathlib import Path
+
+    from fpt.cli import build_parser
+    from fpt.commands.reproduce import _names
+
+    queue = Path(__file__).resolve().parents[1] / "tools" / "campaign-queue.txt"
+    lines = [line.split("#")[0].strip() for line in queue.read_text().splitlines()]  # as cpu_campaign.sh cuts them
+    parser = build_parser()
+    for line in filter(None, lines):
+        args = parser.parse_args(["reproduce", *shlex.split(line)])
+        runs = plan(load_matrix(args.matrix), budget=args.budget, seeds=args.seeds, out=tmp_path,
+                    backbone=args.backbone, rows=_names(args.rows), tasks=_names(args.tasks))
+        assert any(r.config is not None for r in runs), f"plans no run: {line}"
+
+
 def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_matrix, tmp_path, capsys):
     from fpt.report import README_END, README_START, readme_block
 
