@@ -133,6 +133,8 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
                 notes.append(f"- {row.name} / {task}: {errors[0]['error']}")
             elif diverged:
                 text = "diverged"
+            elif not rs and not row.covers(task):  # the paper ran this row on some tasks only
+                text = "–"
             elif target is None and not rs:
                 text = f"not run: budget {budget} does not cover {task}" if budget else "not run"
             else:  # planned, or in progress on some machine: the same sweep runs or resumes it

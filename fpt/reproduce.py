@@ -25,7 +25,7 @@ from fpt.errors import FPTError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MATRIX_KEYS = {"name", "description", "paper_table", "tasks", "rows", "defaults"}
-ROW_KEYS = {"name", "paper_row", "config"}
+ROW_KEYS = {"name", "paper_row", "config", "tasks"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class Row:
     name: str
     config: dict
     paper_row: str | None = None
+    tasks: tuple[str, ...] | None = None  # a row the paper ran on some tasks only (the 3-layer transformer)
+
+    def covers(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
     @property
     def slug(self) -> str:
@@ -83,7 +87,12 @@ def load_matrix(ref: str) -> Matrix:
         bad = set(r) - ROW_KEYS
         if bad or "name" not in r:
             raise FPTError(f"{path}: each row needs a 'name' (unknown row keys: {sorted(bad) or 'none'})")
-        rows.append(Row(name=r["name"], config=dict(r.get("config") or {}), paper_row=r.get("paper_row")))
+        row_tasks = r.get("tasks")
+        if row_tasks is not None and (not isinstance(row_tasks, list) or set(row_tasks) - set(data["tasks"])):
+            raise FPTError(f"{path}: row {r['name']!r}: 'tasks' must list some of the matrix's tasks "
+                           f"({', '.join(data['tasks'])}), got {row_tasks!r}")
+        rows.append(Row(name=r["name"], config=dict(r.get("config") or {}), paper_row=r.get("paper_row"),
+                        tasks=tuple(row_tasks) if row_tasks is not None else None))
     return Matrix(name=data.get("name", path.stem), tasks=tuple(data["tasks"]), rows=tuple(rows),
                   paper_table=data.get("paper_table"), description=data.get("description", ""),
                   defaults=dict(data.get("defaults") or {}))
@@ -103,7 +112,7 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
     for row in matrix.rows:
         for task in matrix.tasks:
             tb: TaskBudget | None = budgets.get(task)
-            if (rows and row.name not in rows) or (tasks and task not in tasks):
+            if (rows and row.name not in rows) or (tasks and task not in tasks) or not row.covers(task):
                 tb = None
             for seed in range(seeds):
                 for lr in lrs or [None]:
@@ -118,6 +127,7 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                     run_dir = out / "runs" / row.slug / task / f"lr{lr_value:g}-seed{seed}"
                     if tb is None:
                         why = (f"budget {budget!r} does not cover {task}" if task not in budgets
+                               else f"row {row.name!r} covers only {', '.join(row.tasks)}" if not row.covers(task)
                                else "left out by --rows / --tasks")
                         runs.append(PlannedRun(row, task, seed, lr_value, run_dir, None, why))
                         continue

@@ -18,7 +18,9 @@ for task in "$@"; do
                 "$PYTHON" "$SOURCE_DATA/cifar10/to_cifar_py.py" "$FPT_DATA/cifar10"
             fi
             fpt data prepare cifar10 ;;
-        homology) [ -d "$FPT_DATA/remote_homology" ] || cp -r "$SOURCE_DATA/remote_homology" "$FPT_DATA/" 2>/dev/null
+        homology) mkdir -p "$FPT_DATA/remote_homology"
+                  # file by file: a folder set up before TAPE's fold-holdout test split was shipped gets it too
+                  cp -n "$SOURCE_DATA"/remote_homology/*.csv "$FPT_DATA/remote_homology/" 2>/dev/null
                   fpt data prepare homology ;;
         listops) [ -f "$FPT_DATA/listops/basic_test.tsv" ] || fpt data prepare listops --seed 0 ;;
         *) true ;;  # generated tasks (bit-memory, bit-xor) need no data
