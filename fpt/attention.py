@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fpt import fastops
-from fpt.errors import FPTError
+from fpt.errors import FPTError, UnsafeFile
 
 
 @torch.inference_mode()
@@ -66,6 +66,7 @@ def input_bit_mass(maps: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 def load_trained(result_path: Path):
     """Rebuild a finished run with eager attention and its trained weights."""
+    from fpt.checkpoint import read_checkpoint
     from fpt.config import from_dict
     from fpt.train import build_experiment
 
@@ -75,9 +76,10 @@ def load_trained(result_path: Path):
     checkpoint = result_path.parent / "checkpoint.pt"
     if not checkpoint.is_file():  # committed results keep no checkpoints
         raise FPTError(f"{result_path.parent} has no checkpoint.pt on this machine (committed runs keep none)")
+    ckpt = read_checkpoint(checkpoint, ("config", "trainable"))  # tensors and data only: never runs code
     exp = build_experiment(cfg)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    exp.model.load_state_dict(ckpt["trainable"], strict=False)
+    best = ckpt.get("best") or {}
+    exp.model.load_state_dict(best.get("trainable") or ckpt["trainable"], strict=False)  # the reported weights
     return exp
 
 
@@ -96,6 +98,8 @@ def plot_bit_xor_attention(matrix, records: list[dict], out: Path) -> Path | Non
             continue
         try:
             exp = load_trained(Path(runs[0]["run_dir"]) / "result.json")
+        except UnsafeFile:
+            raise  # a planted payload is refused loudly, never skipped as a missing checkpoint
         except FPTError as e:
             print(f"attention_bit_xor.png: {row.name} left out: {e}", file=sys.stderr)
             continue

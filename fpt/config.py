@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from fpt.errors import FPTError
-from fpt.groups import DEFAULT_TRAIN, LORA_TARGETS, parse_groups
+from fpt.groups import DEFAULT_TRAIN, FPT_GROUPS, LORA_TARGETS, parse_groups
 
 # NOTE: this module sits at the bottom of the import graph (fpt.errors, fpt.groups, fpt.registry): the
 # closed sets a config checks are defined here or in fpt/groups.py, and the modules above import them.
@@ -125,7 +125,7 @@ class TrainConfig:
         "help": "data root; unset: $FPT_DATA, else ./data", "metavar": "FOLDER"})
     run_dir: str | None = field(default=None, metadata={
         "help": "where the run writes its config, checkpoints and results; unset: "
-                "runs/<task>-<backbone>-<init>-seed<seed>",
+                "runs/<task>-<backbone>-<init>-<groups>-seed<seed> (the model row, its trained groups and LoRA named)",
         "metavar": "FOLDER"})
     tensorboard: bool = field(default=False, metadata={
         "help": "also write metrics.jsonl's scalars as TensorBoard event files in the run directory "
@@ -191,8 +191,30 @@ class TrainConfig:
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
             return Path(self.run_dir)
-        name = Path(self.backbone).name if "/" in self.backbone else self.backbone
-        return Path("runs") / f"{self.task}-{name}-{self.init}-seed{self.seed}"
+        return Path("runs") / self.default_run_name
+
+    @property
+    def default_run_name(self) -> str:
+        """<task>-<body>-<groups>[-lora<r>][-<layers>l]-seed<seed>: one folder per row, so that two rows of
+        one task (FPT, then the LSTM) never collide. <body>: backbone and init, or `lstm`; <groups>: `fpt`,
+        `all` or the trained groups joined by '+'."""
+        task = Path(self.task).stem if self.task.endswith((".yaml", ".yml")) else self.task
+        if self.model == "fpt":
+            name = Path(self.backbone).name if "/" in self.backbone else self.backbone
+            body = f"{name}-{self.init}"
+        else:
+            body = self.model
+        groups = set(self.train) - {"lora"}
+        if groups == set(FPT_GROUPS):
+            trained = "fpt"
+        elif groups >= set(FPT_GROUPS) | {"attention", "feedforward"} or (self.model != "fpt" and groups >= set(
+                DEFAULT_TRAIN.get(self.model)) - {"lora"}):
+            trained = "all"
+        else:
+            trained = "+".join(g for g in self.train if g != "lora") or "none"
+        lora = f"-lora{self.lora_r}" if self.lora_r > 0 else ""
+        layers = f"-{self.layers}l" if self.layers is not None else ""
+        return f"{task}-{body}-{trained}{lora}{layers}-seed{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

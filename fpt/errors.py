@@ -10,3 +10,8 @@ class FPTError(Exception):
 
     #: True in a torchrun worker whose error rank 0 prints: the CLI exits without repeating it.
     quiet: bool = False
+
+
+class UnsafeFile(FPTError):
+    """A file someone handed us would run code if loaded the usual way (a pickle naming os.system, a model
+    folder with its own modelling code): refused before anything in it runs. Never skipped over quietly."""

@@ -25,9 +25,12 @@ from fpt.errors import FPTError
 from fpt.model import FPT
 from fpt.tasks import Batch, Task, TaskData
 from fpt.tasks.base import PaddedTokenData, check_split
-from fpt.train import CHECKPOINT, METRICS, TASK, Experiment, evaluate, read_checkpoint
+from fpt.checkpoint import read_checkpoint
+from fpt.train import CHECKPOINT, METRICS, RESUMABLE_CHANGES, TASK, Experiment, evaluate
 
 SPLITS = ("train", "val", "test", "all")  # all: every example of the task's files, no split held out
+#: Which of a run's weights to use: those of its best validation step (what result.json reports), or its last.
+CHECKPOINTS = ("best", "last")
 
 
 @dataclass
@@ -40,7 +43,13 @@ class Run:
     backbone: Backbone | None
     device: torch.device
     task: Task  # a task file's run: CustomTask with the run's encoding (`read_inputs`); else the registered task
-    step: int  # the training step the checkpoint holds
+    step: int  # the training step of the weights loaded
+    weights: str = "best"  # which of the run's weights: best (validation) or last
+
+    def __repr__(self) -> str:
+        body = self.model.body
+        return (f"Run({str(self.run_dir)!r}: {self.cfg.task} on {self.cfg.backbone if self.backbone else type(body).__name__}"
+                f" ({self.cfg.init}), {self.weights} weights of step {self.step}, {self.device})")
 
     @property
     def spec(self):
@@ -133,10 +142,12 @@ class Run:
                 "notes": list(data.notes)}
 
 
-def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None) -> Run:
+def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | None = None,
+             checkpoint: str = "best") -> Run:
     """The run in `run_dir`, ready for inference on `device`: the frozen body rebuilt from the run's config
     (checked against the checkpoint's weights_sha256), the checkpoint's trainable weights on top, eval mode.
-    `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
+    `checkpoint`: best (the weights of the best validation step, whose test accuracy result.json reports;
+    the default) or last. `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
     from fpt.bodies import build_model
     from fpt.model import store_frozen_matmul_weights
     from fpt.tasks import task_from_config
@@ -148,7 +159,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         raise FPTError(f"batch size must be positive, got {batch_size}")
     if not run_dir.is_dir():
         raise FPTError(f"run directory {str(run_dir)!r} does not exist")
+    if checkpoint not in CHECKPOINTS:
+        raise FPTError(f"unknown checkpoint {checkpoint!r}; choose from: {', '.join(CHECKPOINTS)}")
     ckpt = _read_checkpoint(run_dir)
+    _check_belongs(run_dir, ckpt)
     try:
         cfg = from_dict({**ckpt["config"], "device": device, "compile": False, "compile_mode": "default",
                          **({"eval_batch_size": batch_size} if batch_size is not None else {})})
@@ -167,12 +181,22 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         task = CustomTask.as_run(task_from_config(cfg).encoding())
     else:
         task = task_from_config(cfg)
+    _check_spec_fits(task.spec, ckpt["trainable"], run_dir)  # before any allocation sized by task.json
     model, backbone = build_model(cfg, task.spec)
     frozen = backbone.weights_sha256() if backbone is not None else "none"
     if frozen != ckpt["weights_sha256"]:
         raise FPTError(f"the frozen body rebuilt from the run's config (backbone {cfg.backbone}, init {cfg.init}, "
                        f"seed {cfg.seed}) differs from the one {run_dir} trained on (weights_sha256)")
-    _load_trainable(model, ckpt["trainable"], run_dir / CHECKPOINT)
+    weights, step = ckpt["trainable"], int(ckpt.get("state", {}).get("step", 0))
+    best = ckpt.get("best") or {}
+    if checkpoint == "best" and best.get("trainable") is not None:
+        weights, step = best["trainable"], int(best["step"])
+    elif checkpoint == "best" and "format" not in ckpt:  # fpt before format 2 kept the last weights only
+        import sys
+
+        print(f"fpt: note: {run_dir / CHECKPOINT} is from an fpt that kept only the last weights (step {step}); "
+              f"result.json's test accuracy is its best validation step's", file=sys.stderr)
+    _load_trainable(model, weights, run_dir / CHECKPOINT)
     model.to(dev).eval()
     if cfg.precision == "auto":  # a run records the precision it resolved; auto only in a hand-made config
         from fpt.precision import resolve
@@ -180,8 +204,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         cfg = cfg.replace(precision=resolve("auto", dev, model.width)[0])
     if cfg.precision == "bf16":  # as training stored them
         store_frozen_matmul_weights(model, torch.bfloat16)
-    return Run(run_dir=run_dir, cfg=cfg, model=model, backbone=backbone, device=dev, task=task,
-               step=int(ckpt.get("state", {}).get("step", 0)))
+    return Run(run_dir=run_dir, cfg=cfg, model=model, backbone=backbone, device=dev, task=task, step=step,
+               weights=checkpoint)
 
 
 def _read_checkpoint(run_dir: Path) -> dict:
@@ -191,6 +215,46 @@ def _read_checkpoint(run_dir: Path) -> dict:
                else "no run trained there")
         raise FPTError(f"{run_dir} holds no {CHECKPOINT} ({why}): nothing to evaluate or predict with")
     return read_checkpoint(path, ("config", "weights_sha256", "trainable"))
+
+
+def _check_spec_fits(spec, weights: dict, run_dir: Path) -> None:
+    """The task's sizes (a task file's run: RUN_DIR/task.json) against the checkpoint's input and output
+    layers, before the model is built from them: a task.json that disagrees is one line, not an allocation
+    of whatever size it names."""
+    checks = []
+    inp, out = weights.get("input_layer.weight"), weights.get("output_layer.weight")
+    if inp is not None:
+        checks.append(("vocabulary size", spec.vocab_size, inp.shape[0]) if spec.input_kind == "tokens"
+                      else ("token width", spec.token_dim, inp.shape[-1]))
+    if out is not None:
+        checks.append(("classes x targets per token", spec.targets_per_token * spec.num_classes, out.shape[0]))
+    for what, task_size, ckpt_size in checks:
+        if task_size != ckpt_size:
+            raise FPTError(f"{run_dir}: the task's {what} is {task_size}, the checkpoint's is {ckpt_size} "
+                           f"({TASK} or the task does not belong to this checkpoint)")
+
+
+def _check_belongs(run_dir: Path, ckpt: dict) -> None:
+    """The checkpoint is this run's: its config is the run's config.yaml (but for keys a resume may change),
+    so another run's checkpoint copied into the folder is refused, not evaluated under this run's name."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return  # a run folder made by hand: the checkpoint's own config is all there is
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise FPTError(f"{path} is not a config fpt wrote") from None
+    if not isinstance(saved, dict):
+        raise FPTError(f"{path} is not a config fpt wrote")
+    config = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    free = RESUMABLE_CHANGES | {"precision"}
+    differ = sorted(k for k in saved if k in config and k not in free and saved[k] != config[k])
+    if differ:
+        k = differ[0]
+        raise FPTError(f"{run_dir / CHECKPOINT} is not this run's: its {k} is {config[k]!r}, {path} has "
+                       f"{saved[k]!r} (another run's checkpoint copied in?)")
 
 
 def _load_trainable(model: FPT, weights: dict, path: Path) -> None:

@@ -91,13 +91,13 @@ def _die_after_first_checkpoint() -> None:
 
     import fpt.train
 
-    save = fpt.train.torch_save_atomic
+    save = fpt.train.save_checkpoint
 
     def save_then_die(obj, path):
         save(obj, path)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    fpt.train.torch_save_atomic = save_then_die
+    fpt.train.save_checkpoint = save_then_die
 
 
 def _task(run: PlannedRun, *, cwd: str, out: str, env: dict, threads: int, die: bool) -> dict:

@@ -2,9 +2,11 @@
 
 One run writes into its run directory:
   config.yaml     the resolved config
-  metrics.jsonl   one record per evaluation (train loss/accuracy since the last one, val and test)
-  checkpoint.pt   trainable weights, optimizer and every RNG state (for --resume)
-  result.json     the final record (see `_result`)
+  metrics.jsonl   one record per evaluation (train loss/accuracy since the last one, validation)
+  checkpoint.pt   trainable weights (last and best-validation), optimizer and every RNG state, as tensors
+                  and plain data only (fpt/checkpoint.py: loading one never runs code)
+  result.json     the final record (see `_result`): test accuracy measured once, at the end, on the
+                  best-validation weights, the model `fpt evaluate` / `predict` / `load_run` use
 
 `train` reads top to bottom: own the run directory, read the checkpoint (--resume), build, then `run`:
 optimizer and state (restored), the loop, the result. Under torchrun (`fpt train --nproc N`) every process
@@ -17,19 +19,18 @@ import contextlib
 import json
 import math
 import os
-import random
 import sys
 import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fpt.backbones import Backbone
 from fpt.bodies import build_model
+from fpt.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fpt.config import CUDA_GRAPH_MODES, TrainConfig, save_yaml
 from fpt.errors import FPTError
 from fpt.features import FeatureCache
@@ -39,7 +40,7 @@ from fpt.model import FPT, count_parameters, store_frozen_matmul_weights, summar
 from fpt.tasks import Batch, TaskData, task_from_config
 from fpt.tblog import ScalarLog, summary_writer_class
 from fpt.utils import (WriteFailed, device_name, hold_folder, host_kind, keep_freed_cpu_memory, pick_device,
-                       seed_everything, torch_save_atomic, versions, write_json_atomic, write_text_atomic)
+                       seed_everything, versions, write_json_atomic, write_text_atomic)
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -67,7 +68,8 @@ class Experiment:
     cache: FeatureCache | None = None  # output-only training from cached features
     frozen_sha256: str | None = None  # hash of the body as built, before any bf16 storage
     precision_info: dict = field(default_factory=dict)  # what `precision: auto` decided and measured
-    tensorboard: ScalarLog | None = None  # --tensorboard: opened by the first evaluation (rank 0)
+    tensorboard: ScalarLog | None = None  # --tensorboard: opened when training starts (rank 0)
+    data_fingerprint: str | None = None
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -81,6 +83,12 @@ class Experiment:
     def autocast(self):
         """The run's autocast context (fp32: none), for every forward pass of its model."""
         return autocast(self.cfg.precision, self.device)
+
+    def data_sha256(self) -> str:
+        """Fingerprint of the task's data as loaded (TaskData.fingerprint), computed once."""
+        if self.data_fingerprint is None:
+            self.data_fingerprint = self.data.fingerprint()
+        return self.data_fingerprint
 
     def weights_sha256(self) -> str:
         """Hash of the body's weights as built (all of them train in the LSTM row: nothing to check)."""
@@ -105,11 +113,64 @@ def build_experiment(cfg: TrainConfig) -> Experiment:
     if cfg.precision == "bf16":
         exp.weights_sha256()  # the same hash as an fp32 run of the same weights
         store_frozen_matmul_weights(exp.model, torch.bfloat16)
+    check_step_memory(exp)  # before the first step allocates: one line, not the OOM killer
     if cfg.compile:
         compile_model(exp.model, cfg.compile_mode, device)
     if cfg.cache_features:
         exp.cache = FeatureCache(exp.model, exp.autocast)
     return exp
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a step may use on `device`: the GPU's free memory, or the host's MemAvailable (Linux); None
+    where it cannot be read (no check)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def step_memory_per_example(exp: Experiment) -> int:
+    """An upper estimate of what one training example's activations take (bytes, fp32): per layer and
+    token about 16 values of the width (projections, feed-forward, norms, residuals) and, where attention
+    builds the T x T scores, 2 per head and key (probabilities and dropout mask); 10 values of the width per
+    layer and token for the LSTM."""
+    spec, width = exp.data.spec, exp.model.width
+    t = spec.seq_len
+    if exp.backbone is None:
+        layers = len(getattr(exp.model.body, "lstms", [])) or 1
+        per_token = 10 * width
+    else:
+        layers = exp.backbone.num_layers
+        heads = getattr(exp.backbone.model.config, "num_attention_heads", 1) or 1
+        per_token = 16 * width + 2 * heads * t
+    return 4 * (layers * t * per_token + t * max(spec.token_dim, 1))
+
+
+def check_step_memory(exp: Experiment) -> None:
+    """Refuse, in one line with the largest batch that fits, a training step whose activations alone would
+    not fit in the memory this machine has free (`--batch-size 100000`, a 4096-token image task)."""
+    free = available_memory(exp.device)
+    if free is None or exp.cfg.cache_features:
+        return
+    per_example = step_memory_per_example(exp)
+    need = per_example * exp.cfg.batch_size
+    if need <= 0.9 * free:
+        return
+    fits = int(0.9 * free // per_example)
+    gb = lambda n: f"{n / 2**30:.1f} GB"  # noqa: E731
+    what = f"{exp.data.spec.seq_len} tokens x width {exp.model.width}"
+    if fits < 1:
+        raise FPTError(f"one training example ({what}) needs about {gb(per_example)} of activations, more than "
+                       f"the {gb(free)} free here: shorten the sequences (a larger patch_size, a smaller "
+                       f"image_size or max_len)")
+    raise FPTError(f"a training step at batch {exp.cfg.batch_size} ({what}) needs about {gb(need)}, more than "
+                   f"the {gb(free)} free here: the largest batch that fits is about {fits} (--batch-size {fits})")
 
 
 def compile_caches_off() -> None:
@@ -299,7 +360,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: bool = True,
         processes: OneProcess = ONE_PROCESS) -> dict:
     """Train the built `exp` in `run_dir` (`ckpt`: the checkpoint a resumed run continues) and return the
-    result record: optimizer and state, the loop (evaluating and checkpointing every eval_every steps), result."""
+    result record: optimizer and state, the loop (validating and checkpointing every eval_every steps, the
+    best-validation weights kept beside the last), then test, once, on the best-validation weights."""
     cfg, model, device = exp.cfg, exp.model, exp.device  # cfg's precision resolved (auto -> fp32 or bf16)
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,21 +370,27 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
     optimizer = make_optimizer(exp)
     gen = torch.Generator().manual_seed(cfg.seed)  # draws training batches
     weights_sha = exp.weights_sha256()
+    data_sha = exp.data_sha256()
     counts = summarize_counts(count_parameters(model))
-    state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "test_at_best": None,
-             "last": None, "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
+    state = {"step": 0, "elapsed": 0.0, "best_val": -1.0, "best_step": 0, "last": None, "best": None,
+             "run_loss": 0.0, "run_correct": 0, "run_targets": 0}
+    best_weights = None  # the trainable tensors at the best validation accuracy so far (CPU copies)
 
     if ckpt is not None:
         if ckpt["weights_sha256"] != weights_sha:
             raise processes.error("cannot resume: the frozen backbone weights differ from the checkpoint's")
+        if ckpt.get("data_sha256", data_sha) != data_sha:
+            raise processes.error(f"cannot resume: the task's data differ from the data the run trained on "
+                                  f"(data_sha256); restore them, or {START_OVER}")
         try:
             model.load_state_dict(ckpt["trainable"], strict=False)
             optimizer.load_state_dict(ckpt["optimizer"])
-            _set_rng_state(ckpt["rng"], gen)
+            set_rng_state(ckpt["rng"], gen)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise processes.error(f"cannot resume: {run_dir / CHECKPOINT} does not fit this model "
                                   f"({type(e).__name__}); {START_OVER}") from None
-        state.update(ckpt["state"])
+        state.update({k: v for k, v in ckpt["state"].items() if k in state})
+        best_weights = (ckpt.get("best") or {}).get("trainable")
         if processes.is_main:
             _truncate_metrics(run_dir / METRICS, state["step"])
     processes.start_streams(cfg.seed, state["step"], (ckpt or {}).get("rank_rng"))
@@ -332,10 +400,12 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
             write_json_atomic(run_dir / TASK, exp.data.encoding)
 
     bar = _Progress(cfg.steps, state["step"], progress and processes.is_main)
-    bar.write(f"fpt: {cfg.task} on {cfg.backbone} ({cfg.init}), training {','.join(cfg.train)}: "
+    bar.write(f"fpt: {cfg.task} on {describe_body(exp)}, training {','.join(trained_groups(counts))}: "
               f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters "
               f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{processes.describe()}, "
               f"{_describe_precision(exp.precision_info)} -> {run_dir}")
+    if exp.cfg.tensorboard and processes.is_main:
+        exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=state["step"])
     model.train()
     started = time.perf_counter() - state["elapsed"]
     status = "finished"
@@ -352,17 +422,21 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
             bar.update(1, loss=f"{loss.item():.4f}")
             if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
                 record = _evaluate_and_log(exp, state, run_dir, started, processes)
+                if record["step"] == state["best_step"]:  # a new best: its weights are kept
+                    best_weights = trainable_weights(model)
                 bar.write(f"step {record['step']:>7}  loss {record['train_loss']:.4f}  "
-                          f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}  "
-                          f"test {record['test_accuracy']:.4f}  ({record['elapsed_s']:.0f}s)")
+                          f"train {record['train_accuracy']:.4f}  val {record['val_accuracy']:.4f}"
+                          f"{'  (best)' if record['step'] == state['best_step'] else ''}  "
+                          f"({record['elapsed_s']:.0f}s)")
+                bar.progress_line(record)
                 rank_rng = processes.stream_states()  # data-parallel: every process's dropout RNG
                 if processes.is_main:  # the unwrapped model's names: resumable at any world size
-                    torch_save_atomic({"config": cfg.to_dict(), "weights_sha256": weights_sha,
-                                       "trainable": {n: p.detach().cpu() for n, p in model.named_parameters()
-                                                     if p.requires_grad},
-                                       "optimizer": optimizer.state_dict(), "rng": _rng_state(gen),
-                                       "rank_rng": rank_rng, "state": dict(state)}, run_dir / CHECKPOINT)
-                if cfg.early_stop is not None and record["val_accuracy"] >= cfg.early_stop:
+                    save_checkpoint({"config": cfg.to_dict(), "weights_sha256": weights_sha, "data_sha256": data_sha,
+                                     "trainable": trainable_weights(model),
+                                     "best": {"step": state["best_step"], "trainable": best_weights},
+                                     "optimizer": optimizer.state_dict(), "rng": rng_state(gen),
+                                     "rank_rng": rank_rng, "state": dict(state)}, run_dir / CHECKPOINT)
+                if cfg.early_stop is not None and (record["val_accuracy"] or 0) >= cfg.early_stop:
                     status = "early_stopped"
                     break
     except (OSError, WriteFailed) as e:  # disk full, quota: metrics.jsonl or the checkpoint (rank 0 writes)
@@ -370,7 +444,18 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
     finally:
         bar.close()
 
-    result = _result(exp, state, counts, weights_sha, status, time.perf_counter() - started, run_dir)
+    test = None
+    if best_weights is not None:  # test, once, on the weights the run reports (the best validation step)
+        last = trainable_weights(model)
+        model.load_state_dict(best_weights, strict=False)
+        test = evaluate(exp, "test", processes)
+        model.load_state_dict(last, strict=False)
+    result = _result(exp, state, counts, weights_sha, data_sha, status, time.perf_counter() - started,
+                     run_dir, test)
+    if exp.tensorboard is not None:  # the run's hyperparameters beside its reported figures
+        exp.tensorboard.write_hparams(cfg.to_dict(), {k: result[k] for k in ("test_accuracy", "best_val_accuracy",
+                                                                             "train_accuracy_at_best")
+                                                      if isinstance(result.get(k), (int, float))})
     if cfg.export_backbone and status != "diverged" and processes.is_main:
         result["exported_backbone"] = export_backbone(exp, cfg.export_backbone)
     if processes.is_main:
@@ -380,40 +465,66 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
             raise FPTError(_write_failure(e, run_dir, state["step"])) from None
     processes.barrier()  # every process returns (or raises) once the first has written the result
     if status == "diverged":
-        last = state["last"]
-        good = f"last good test accuracy {last['test_accuracy']:.4f}" if last else "no evaluation before it"
+        good = (f"test accuracy {result['test_accuracy']:.4f} at its best validation step {state['best_step']}"
+                if test is not None else "no evaluation before it")
         raise processes.error(f"run diverged at step {state['step'] + 1} (non-finite loss); {good}; "
                               f"recorded in {run_dir / RESULT}")
     return result
 
 
+def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable tensors, under the eager model's names."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def trained_groups(counts: dict) -> list[str]:
+    """The groups that exist in this model and train (`--train all` on the LSTM: input, output, recurrent)."""
+    return [g for g, c in counts["groups"].items() if c["trainable"]]
+
+
+def describe_body(exp: Experiment) -> str:
+    """What ran as the body, in words: 'minilm (pretrained)', 'LSTM 3 x 768 (random init)'."""
+    if exp.backbone is None:
+        a = _architecture(exp)
+        return f"{a['kind'].removesuffix('Body')} {a['layers']} x {a['width']} (random init)"
+    return f"{exp.cfg.backbone} ({exp.cfg.init}{' init' if exp.cfg.init == 'random' else ''})"
+
+
 def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: float, processes: OneProcess) -> dict:
+    """Validation only (test is measured once, at the end): a task without a val split is scored on its
+    training accuracy since the last evaluation, and its last weights are the ones reported."""
     val = evaluate(exp, "val", processes) if "val" in exp.data.splits else None
-    test = evaluate(exp, "test", processes)
     # each process summed its own batches since the last evaluation
     loss_sum, right, count = processes.sum(state["run_loss"], state["run_correct"], state["run_targets"])
     state.update(run_loss=loss_sum, run_correct=round(right), run_targets=round(count))
     targets = max(state["run_targets"], 1)
     record = {"step": state["step"], "train_loss": state["run_loss"] / targets,
               "train_accuracy": state["run_correct"] / targets,
-              "val_accuracy": (val or test)["accuracy"], "val_loss": (val or test)["loss"],
-              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+              "val_accuracy": val["accuracy"] if val else None, "val_loss": val["loss"] if val else None,
+              "lr": exp.cfg.lr_at(max(state["step"] - 1, 0)),
               "elapsed_s": round(time.perf_counter() - started, 3)}
     state.update(run_loss=0.0, run_correct=0, run_targets=0, last=record, elapsed=record["elapsed_s"])
-    if record["val_accuracy"] > state["best_val"]:
-        state.update(best_val=record["val_accuracy"], best_step=record["step"],
-                     test_at_best=record["test_accuracy"])
+    if val is None or record["val_accuracy"] > state["best_val"]:
+        state.update(best_val=record["val_accuracy"] if val else -1.0, best_step=record["step"], best=record)
     if processes.is_main:
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if exp.cfg.tensorboard:  # the same scalars as TensorBoard events (fpt/tblog.py)
-            exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=record["step"])
+        if exp.tensorboard is not None:  # the same scalars as TensorBoard events (fpt/tblog.py)
             exp.tensorboard.write(record)
     return record
 
 
+def _duration(seconds: float) -> str:
+    """'1h02m', '4m05s', '12s'."""
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
 class _Progress:
-    """A tqdm bar on stderr (a plain line per evaluation when stderr is not a terminal)."""
+    """A tqdm bar on stderr; where stderr is not a terminal (a log file, CI), plain lines with the percentage
+    done, the rate and the time left: one at each evaluation, and one every 30 s between them."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
@@ -423,21 +534,40 @@ class _Progress:
             self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True,
                             mininterval=1.0, disable=None, leave=False)
         self.enabled = enabled
-        self.total, self.step, self.last_step, self.last_line = total, initial, initial, time.perf_counter()
+        self.total, self.step, self.first_step = total, initial, initial
+        self.started = self.last_line = time.perf_counter()
+        self.postfix: dict = {}
+
+    @property
+    def plain(self) -> bool:
+        return self.enabled and (self.bar is None or self.bar.disable)
+
+    def _line(self, extra: str = "") -> str:
+        elapsed = time.perf_counter() - self.started
+        rate = (self.step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        eta = f"  ETA {_duration((self.total - self.step) / rate)}" if rate > 0 else ""
+        return (f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%){extra}"
+                f"  {rate:.2f} steps/s{eta}")
 
     def update(self, n: int, **postfix):
+        self.step += n
+        self.postfix = postfix
         if self.bar is not None and not self.bar.disable:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
-        elif self.enabled:  # not a terminal (a log file, CI): a plain line every 30 s
-            self.step += n
+        elif self.enabled:
             now = time.perf_counter()
             if now - self.last_line >= 30:
-                rate = (self.step - self.last_step) / (now - self.last_line)
-                print(f"step {self.step}/{self.total}  {' '.join(f'{k} {v}' for k, v in postfix.items())}"
-                      f"  {rate:.2f} steps/s", file=sys.stderr, flush=True)
-                self.last_line, self.last_step = now, self.step
+                print(self._line("  " + " ".join(f"{k} {v}" for k, v in postfix.items())), file=sys.stderr,
+                      flush=True)
+                self.last_line = now
+
+    def progress_line(self, record: dict) -> None:
+        """At an evaluation, in a log file: where the run stands and how long it has left."""
+        if self.plain:
+            print(self._line(), file=sys.stderr, flush=True)
+            self.last_line = time.perf_counter()
 
     def write(self, line: str):
         if not self.enabled:
@@ -450,23 +580,6 @@ class _Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-def _rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state(), "python": random.getstate(),
-             "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: contextlib.ExitStack) -> Path:
@@ -483,7 +596,8 @@ def prepare_run_dir(cfg: TrainConfig, *, resume: bool, overwrite: bool, held: co
             raise FPTError(f"cannot resume: no checkpoint at {run_dir / CHECKPOINT}{stopped}")
         return run_dir
     if overwrite:
-        for name in RUN_FILES:
+        events = sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))  # --tensorboard's
+        for name in (*RUN_FILES, *events):
             try:
                 (run_dir / name).unlink(missing_ok=True)
             except OSError as e:
@@ -514,18 +628,6 @@ def _load_checkpoint(run_dir: Path) -> dict:
     if not path.exists():  # rank 0 found it: this process runs on another machine
         raise FPTError(f"cannot read {path}: processes on several machines need --run-dir on shared storage")
     return read_checkpoint(path, CHECKPOINT_KEYS, prefix="cannot resume: ", suffix=f"; {START_OVER}")
-
-
-def read_checkpoint(path: Path, keys: tuple[str, ...], *, prefix: str = "", suffix: str = "") -> dict:
-    """A checkpoint.pt holding at least `keys`; one line (prefix, what is wrong, suffix) when it is empty,
-    truncated, random bytes or not fpt's. Resuming and `fpt.load_run` read checkpoints through it."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # empty, truncated, random bytes: torch raises several kinds
-        raise FPTError(f"{prefix}{path} is corrupt or truncated ({type(e).__name__}){suffix}") from None
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in keys):
-        raise FPTError(f"{prefix}{path} is not an fpt checkpoint{suffix}")
-    return ckpt
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
@@ -575,28 +677,37 @@ def _write_failure(e: Exception, run_dir: Path, step: int) -> str:
     return f"{what}; the run stopped at step {step} before its first checkpoint: make room, then {START_OVER}"
 
 
-def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, status: str, wall: float,
-            run_dir: Path) -> dict:
+def _result(exp: Experiment, state: dict, counts: dict, weights_sha: str, data_sha: str, status: str,
+            wall: float, run_dir: Path, test: dict | None) -> dict:
+    """The run's record. `test_accuracy` is the best-validation weights' (the model that `fpt evaluate`,
+    `predict` and `load_run` use), measured once at the end; `test_accuracy_at_best_val` is the same figure
+    under the name earlier fpt versions gave it. `train_accuracy` and `val_accuracy` are the last evaluation's;
+    `train_accuracy_at_best` is the training accuracy over the steps before the best validation step."""
     cfg = exp.cfg
-    last = state["last"] or {}
+    last, best = state["last"] or {}, state.get("best") or {}
+    transformer = exp.backbone is not None
     return {
-        "task": cfg.task, "model": cfg.model, "backbone": cfg.backbone, "init": cfg.init,
-        "train": list(cfg.train),
+        "task": cfg.task, "model": cfg.model,
+        "backbone": cfg.backbone if transformer else None, "init": cfg.init if transformer else "random",
+        "body": describe_body(exp), "train": trained_groups(counts),
         "status": status, "seed": cfg.seed, "steps": state["step"],
         "trainable_params": counts["trainable_params"], "total_params": counts["total_params"],
         "trainable_pct": round(counts["trainable_pct"], 4),
         "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
-        "val_accuracy": last.get("val_accuracy"), "test_accuracy": last.get("test_accuracy"),
-        "test_loss": last.get("test_loss"),
+        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": test["accuracy"] if test else None, "test_loss": test["loss"] if test else None,
         "best_val_accuracy": state["best_val"] if state["best_val"] >= 0 else None,
-        "best_step": state["best_step"], "test_accuracy_at_best_val": state["test_at_best"],
+        "best_step": state["best_step"], "test_accuracy_at_best_val": test["accuracy"] if test else None,
+        "train_accuracy_at_best": best.get("train_accuracy"),
+        "reported_weights": "best validation step" if "val" in exp.data.splits else "last step (no val split)",
         "wall_time_s": round(wall, 2), "device": device_name(exp.device), "host": host_kind(),
         "majority_test_accuracy": majority_accuracy(exp.data, "test"),
         "precision": cfg.precision, "precision_auto": exp.precision_info,
-        "backbone_source": exp.backbone.source if exp.backbone is not None else cfg.model,
-        "weights_sha256": weights_sha,
+        "backbone_source": exp.backbone.source if transformer else None,
+        "weights_sha256": weights_sha, "data_sha256": data_sha,
         "features_computed": exp.cache.computed if exp.cache is not None else None,
         "data_notes": list(exp.data.notes),
+        "data_sources": dict(getattr(exp.data, "sources", None) or {}),
         "architecture": _architecture(exp),
         "split_sizes": {name: len(split.y) for name, split in exp.data.splits.items()},
         "param_groups": counts["groups"], "versions": versions(), "config": cfg.to_dict(),

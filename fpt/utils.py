@@ -141,6 +141,10 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
         raise WriteFailed(f"cannot write {path}: {e.strerror or e}{kept}") from None
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _write_atomic(path, lambda f: f.write(data))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text.encode()))
 
@@ -148,10 +152,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write via a temporary file and rename, so a kill never leaves half a file."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def torch_save_atomic(obj: Any, path: Path) -> None:
-    _write_atomic(path, lambda f: torch.save(obj, f))
 
 
 # ---- one process per folder ----------------------------------------------------------------------

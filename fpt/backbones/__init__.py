@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fpt.backbones.architectures import Architecture, architecture_for
+from fpt.backbones.architectures import ARCHITECTURES, Architecture, architecture_for
 from fpt.config import INITS
-from fpt.errors import FPTError
+from fpt.errors import FPTError, UnsafeFile
 from fpt.registry import Registry
 
 
@@ -194,9 +195,37 @@ def resolve_source(name: str) -> tuple[str, BackboneSource | None]:
         if not Path(name).is_dir() or not (Path(name) / "config.json").exists():
             raise FPTError(f"backbone folder {name!r} does not exist or has no config.json "
                            f"(a Hugging Face checkpoint folder is expected)")
+        check_folder_is_data(Path(name))
         return name, None
     BACKBONES.get(name)  # raises the 'unknown backbone' error with the choices
     raise AssertionError  # unreachable
+
+
+#: weight files that are pickles (torch.load): transformers reads them with weights_only, fpt refuses them
+#: up front so that a planted payload is one line, not a traceback from deep inside transformers
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_folder_is_data(folder: Path) -> None:
+    """A backbone folder someone handed you holds weights and configs, not code: refuse custom modelling code
+    (transformers' auto_map / *.py, which only run with trust_remote_code, never passed here) and pickled
+    weights without a safetensors copy, each in one line that says what to do."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FPTError(f"{folder / 'config.json'} is not a readable JSON config ({type(e).__name__})") from None
+    code = sorted(p.name for p in folder.glob("*.py"))
+    if (isinstance(config, dict) and config.get("auto_map")) or code:
+        raise UnsafeFile(f"backbone folder {str(folder)!r} ships its own modelling code "
+                       f"({', '.join(code[:2]) or 'auto_map in config.json'}): fpt runs only transformers' built-in "
+                       f"architectures and never remote code; use a folder of a supported model_type "
+                       f"({', '.join(ARCHITECTURES)})")
+    if not any(folder.glob("*.safetensors")) and any(p for pat in PICKLED_WEIGHTS for p in folder.glob(pat)):
+        raise UnsafeFile(f"backbone folder {str(folder)!r} holds pickled weights only (.bin/.pt), which can carry "
+                       f"code: convert them to model.safetensors where you trust them (model.save_pretrained with "
+                       f"safe_serialization=True) and pass that folder")
 
 
 def load_config(name: str, *, dropout: float | None = None):
@@ -231,8 +260,12 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 def _from_pretrained(auto_cls, name: str, ref: str, **kwargs):
     """`from_pretrained` from a folder or the HF cache first; the hub only if it answers."""
+    kwargs.setdefault("trust_remote_code", False)  # a model's own code never runs here
     try:
         return auto_cls.from_pretrained(ref, local_files_only=True, **kwargs)
+    except (ValueError, pickle.UnpicklingError) as e:  # custom code asked for, a weights file that is not data
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FPTError(f"backbone {name!r} ({ref}) does not load: {first}") from None
     except OSError as e:
         if _is_local(ref) or not hub_reachable():
             raise _missing_weights(name, ref) from e

@@ -15,6 +15,8 @@ def add_inference_flags(p: argparse.ArgumentParser) -> None:
                    "cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, metavar="N", help="examples per batch (default: the run's "
                    "eval_batch_size)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights: best (the "
+                   "best validation step's, whose test accuracy result.json reports) or last (default: best)")
 
 
 def add_parser(sub) -> None:
@@ -35,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or ("all" if args.task_file else "test")
     if split not in SPLITS:
         raise FPTError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
-    result = load_run(args.run_dir, device=args.device, batch_size=args.batch_size).evaluate(
-        split, task_file=args.task_file)
+    run_ = load_run(args.run_dir, device=args.device, batch_size=args.batch_size, checkpoint=args.checkpoint)
+    result = {**run_.evaluate(split, task_file=args.task_file), "weights": run_.weights}
     for note in result.pop("notes"):
         print(f"fpt: note: {note}", file=sys.stderr)
     print(json.dumps(result))

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from fpt.inference import load_run, write_predictions
 
-    run_ = load_run(args.run_dir, device=args.device, batch_size=args.batch_size)
+    run_ = load_run(args.run_dir, device=args.device, batch_size=args.batch_size, checkpoint=args.checkpoint)
     data, names = run_.encode(args.input)
     rows = run_.predict((data, names))
     text = write_predictions(rows, run_.spec.num_classes, args.out)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from fpt.errors import FPTError
+from fpt.errors import FPTError, UnsafeFile
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -35,6 +36,34 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Pickles of data only (CIFAR-10's batches, TAPE's lmdb records): dicts, lists, bytes, strings, numbers
+    and numpy arrays. Any other global a pickle names (a `__reduce__` payload: os.system, eval, ...) is refused
+    before it is looked up, so it never runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
+               ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise ExecutableContent(f"{module}.{name}")
+
+
+class ExecutableContent(pickle.UnpicklingError):
+    """A data pickle names a global outside `_DataUnpickler.ALLOWED`."""
+
+
+def load_data_pickle(f, what: str, **kwargs):
+    """pickle.load for files of data (never runs code): one line naming `what` when it holds anything else."""
+    try:
+        return _DataUnpickler(f, **kwargs).load()
+    except ExecutableContent as e:
+        raise UnsafeFile(f"{what} holds executable content ({e}), not only data: refused without running it") from None
+
+
 def read_cifar_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 python pickles -> (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
     xs, ys = [], []
@@ -42,11 +71,13 @@ def read_cifar_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.n
         path = folder / name
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
+                d = load_data_pickle(f, f"CIFAR-10 batch {str(path)!r}", encoding="bytes")
             data = np.asarray(d[b"data"], dtype=np.uint8)
             labels = np.asarray(d[b"labels"], dtype=np.int64)
         except FileNotFoundError as e:
             raise FPTError(f"CIFAR-10 batch {name} missing from {str(folder)!r}") from e
+        except FPTError:
+            raise
         except Exception as e:  # truncated pickle, wrong keys
             raise FPTError(f"CIFAR-10 batch {str(path)!r} is corrupt or truncated ({type(e).__name__})") from e
         if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
@@ -154,7 +185,8 @@ def read_lmdb(path: Path) -> list[dict]:
                        "or convert it to a CSV of seq,label") from e
     env = lmdb.open(str(path), max_readers=1, readonly=True, lock=False, readahead=False, meminit=False)
     with env.begin(write=False) as txn:
-        n = pickle.loads(txn.get(b"num_examples"))
-        items = [pickle.loads(txn.get(str(i).encode())) for i in range(n)]
+        what = f"TAPE lmdb {str(path)!r}"
+        n = load_data_pickle(io.BytesIO(txn.get(b"num_examples")), what)
+        items = [load_data_pickle(io.BytesIO(txn.get(str(i).encode())), what) for i in range(n)]
     env.close()
     return items

@@ -97,6 +97,26 @@ class TaskData:
                                    f"needs the same shape")
         self.validated = True
 
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of every stored split's tensors and the encoding: what a run trained and
+        was validated on, so that `--resume` refuses when the data changed (an edited CSV remaps ids)."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.encoding, sort_keys=True, default=str).encode())
+        seen = set()
+        for name in sorted(self.splits):
+            batch = self.splits[name]
+            if (name == self.train_split and self.draws_train) or id(batch) in seen:
+                continue  # a placeholder (generated from the seed), or a split that is another one
+            seen.add(id(batch))
+            h.update(name.encode())
+            for t in (batch.x, batch.y, batch.lengths):
+                if t is not None:
+                    h.update(str((tuple(t.shape), str(t.dtype))).encode())
+                    h.update(t.contiguous().view(torch.uint8).numpy() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
     @property
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s != self.train_split]
