@@ -3,6 +3,7 @@
     import fpt
     result = fpt.train(fpt.TrainConfig(task="bit-xor", backbone="minilm", steps=500))
     run = fpt.load_run(result["run_dir"])  # the trained model, for run.evaluate("test") or run.predict(FILE)
+    fpt.export_run(result["run_dir"], "my-fpt")  # model.safetensors + config.json + README.md; load_run reads it
 """
 __version__ = "0.1.0"
 
@@ -30,6 +31,10 @@ def __getattr__(name):
         from fpt.inference import load_run
 
         return load_run
+    if name == "export_run":
+        from fpt.export import export_run
+
+        return export_run
     if name == "build_task":
         from fpt.tasks import build_task
 
@@ -38,4 +43,10 @@ def __getattr__(name):
 
 
 __all__ = ["TrainConfig", "FPTError", "train", "evaluate", "build_experiment", "build_fpt",
-           "apply_trainable", "count_parameters", "load_backbone", "build_task", "load_run"]
+           "apply_trainable", "count_parameters", "load_backbone", "build_task", "load_run",
+           "export_run"]
+
+
+def __dir__():
+    # the lazy names too: `dir(fpt)` and tab completion show load_run, train, ...
+    return sorted(set(globals()) | set(__all__))

@@ -14,7 +14,8 @@ from fpt.errors import FPTError
 
 # Each module defines `add_parser(subparsers)`, which registers its subcommand
 # and sets `func` (args -> exit code) as the parser default.
-COMMAND_MODULES = ("train", "evaluate", "predict", "describe", "backbones", "tasks", "reproduce", "data", "bench")
+COMMAND_MODULES = ("train", "evaluate", "predict", "export", "describe", "backbones", "tasks", "reproduce", "data",
+                   "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ class Run:
     task: Task  # a task file's run: CustomTask with the run's encoding (`read_inputs`); else the registered task
     step: int  # the training step of the weights loaded
     weights: str = "best"  # which of the run's weights: best (validation) or last
+    frozen_sha256: str = "none"  # the frozen body's weight hash, as built (before any bf16 storage)
 
     def __repr__(self) -> str:
         body = self.model.body
@@ -88,11 +89,21 @@ class Run:
                 out.append(self.model(batch.x, batch.lengths).float().cpu())
         return torch.cat(out)
 
-    def predict(self, inputs: str | Path | tuple[TaskData, list[int | str]]) -> list[dict]:
-        """One record per example of `inputs` (a path, or what `encode` returned): example (its row, counted
-        from 0, or its image file), label (where known), predicted, predicted_class (image folders),
-        probabilities (one per class)."""
-        data, names = self.encode(inputs) if isinstance(inputs, (str, Path)) else inputs
+    def predict(self, inputs) -> list[dict]:
+        """One record per example of `inputs`: a file in the task file's format (a path), in-memory inputs (a
+        list of strings for a csv task; an array or tensor for npz and image tasks), or what `encode` returned.
+        Each record: example (the input's id column, else its row counted from 0, or its image file), label
+        (where known), predicted, predicted_class (where classes have names), probabilities (one per class)."""
+        if isinstance(inputs, (str, Path)):  # a path, always (sequences come as a list of strings)
+            data, names = self.encode(inputs)
+        elif isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], TaskData):
+            data, names = inputs
+        else:
+            if not self.from_task_file:
+                raise FPTError(f"predicting reads inputs in a task file's format; this run trained on {self.cfg.task!r}")
+            data, names = self.task.read_values(inputs)
+            b = data.splits["input"]
+            check_split(Batch(b.x, b.y.clamp(min=0), b.lengths), self.spec, at="inputs")
         probs = self.logits(data).softmax(-1)[:, 0]  # (N, 1, C) -> (N, C): a task file's one target per example
         labels, predicted = data.splits["input"].y[:, 0].tolist(), probs.argmax(-1).tolist()
         rows = []
@@ -112,7 +123,7 @@ class Run:
             raise FPTError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
         cfg = self.cfg
         if self.from_task_file:
-            file = task_file or cfg.task
+            file = task_file or _task_file_from_anywhere(cfg.task, self.task.encoding())
             if not Path(file).is_file():
                 raise FPTError(f"task file {file!r} not found" + ("" if task_file else
                                " (the run's, as named where it trained); pass --task-file"))
@@ -161,15 +172,26 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         raise FPTError(f"run directory {str(run_dir)!r} does not exist")
     if checkpoint not in CHECKPOINTS:
         raise FPTError(f"unknown checkpoint {checkpoint!r}; choose from: {', '.join(CHECKPOINTS)}")
-    ckpt = _read_checkpoint(run_dir)
-    _check_belongs(run_dir, ckpt)
+    from fpt.export import is_export, read_export
+
+    exported = is_export(run_dir)  # `fpt export`'s folder: safetensors and JSON, its reported weights only
+    if exported:
+        ckpt, encoding = read_export(run_dir)
+        checkpoint = ckpt["exported"]["weights"]["which"]
+    else:
+        ckpt, encoding = _read_checkpoint(run_dir), None
+        _check_belongs(run_dir, ckpt)
     try:
         cfg = from_dict({**ckpt["config"], "device": device, "compile": False, "compile_mode": "default",
                          **({"eval_batch_size": batch_size} if batch_size is not None else {})})
     except FPTError as e:
         raise FPTError(f"{run_dir / CHECKPOINT}: its config does not load here ({e})") from None
     dev = pick_device(cfg.device)
-    if (run_dir / TASK).is_file():  # a task file's run: its encoding, kept at training time
+    if encoding is not None:  # an export of a task file's run
+        task = CustomTask.as_run(encoding)
+    elif exported and is_task_file(cfg.task):
+        raise FPTError(f"{run_dir}/config.json has no task encoding: re-export the run with this fpt")
+    elif (run_dir / TASK).is_file():  # a task file's run: its encoding, kept at training time
         try:
             encoding = json.loads((run_dir / TASK).read_text())
             task = CustomTask.as_run(encoding)
@@ -186,7 +208,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     frozen = backbone.weights_sha256() if backbone is not None else "none"
     if frozen != ckpt["weights_sha256"]:
         raise FPTError(f"the frozen body rebuilt from the run's config (backbone {cfg.backbone}, init {cfg.init}, "
-                       f"seed {cfg.seed}) differs from the one {run_dir} trained on (weights_sha256)")
+                       f"seed {cfg.seed}: weights_sha256 {frozen}) differs from the one {run_dir} trained on "
+                       f"({ckpt['weights_sha256']}): install or pass that backbone")
     weights, step = ckpt["trainable"], int(ckpt.get("state", {}).get("step", 0))
     best = ckpt.get("best") or {}
     if checkpoint == "best" and best.get("trainable") is not None:
@@ -205,7 +228,16 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     if cfg.precision == "bf16":  # as training stored them
         store_frozen_matmul_weights(model, torch.bfloat16)
     return Run(run_dir=run_dir, cfg=cfg, model=model, backbone=backbone, device=dev, task=task, step=step,
-               weights=checkpoint)
+               weights=checkpoint, frozen_sha256=frozen)
+
+
+def _task_file_from_anywhere(task: str, encoding: dict) -> str:
+    """The run's task file as named where it trained, else by the absolute path training recorded
+    (task.json's `path`): `fpt evaluate --run-dir` works after the run folder, or the shell, moved."""
+    if Path(task).is_file():
+        return task
+    recorded = encoding.get("path")
+    return recorded if recorded and Path(recorded).is_file() else task
 
 
 def _read_checkpoint(run_dir: Path) -> dict:
@@ -275,9 +307,11 @@ def _load_trainable(model: FPT, weights: dict, path: Path) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def write_predictions(rows: list[dict], classes: int, out: str | None) -> str:
+def write_predictions(rows: list[dict], classes: int | list[str], out: str | None) -> str:
     """`rows` (Run.predict) as CSV, or JSON lines where `out` ends in .jsonl; into `out`, or returned when None.
-    CSV columns: example, label (where any is known), predicted, predicted_class (image folders), p_0..p_{C-1}."""
+    CSV columns: example (the input's id column, else its row or file), label (where any is known), predicted,
+    predicted_class (where classes have names), then one probability column per class: p_<name> where the
+    classes have names (`classes`: their names), else p_0..p_{C-1} (`classes`: their count)."""
     if out is not None and str(out).endswith(".jsonl"):
         text = "".join(json.dumps(r) + "\n" for r in rows)
     else:
@@ -285,7 +319,8 @@ def write_predictions(rows: list[dict], classes: int, out: str | None) -> str:
         head += ["predicted_class"] * any("predicted_class" in r for r in rows)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(head + [f"p_{k}" for k in range(classes)])
+        names = classes if isinstance(classes, list) else list(range(classes))
+        w.writerow(head + [f"p_{k}" for k in names])
         for r in rows:
             w.writerow([r.get(c, "") for c in head] + [f"{p:.6g}" for p in r["probabilities"]])
         text = buf.getvalue()

@@ -744,6 +744,8 @@ def export_backbone(exp: Experiment, folder: str) -> str:
     """
     model = exp.backbone.model
     model.save_pretrained(folder)
+    for f in Path(folder).iterdir():  # a folder to share: readable as any other (safetensors writes 0600)
+        f.chmod(0o644)
     return str(folder)
 
 

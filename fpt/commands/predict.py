@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     run_ = load_run(args.run_dir, device=args.device, batch_size=args.batch_size, checkpoint=args.checkpoint)
     data, names = run_.encode(args.input)
     rows = run_.predict((data, names))
-    text = write_predictions(rows, run_.spec.num_classes, args.out)
+    text = write_predictions(rows, run_.classes or run_.spec.num_classes, args.out)
     for note in data.notes:
         print(f"fpt: note: {note}", file=sys.stderr)
     labelled = [r for r in rows if "label" in r]

@@ -103,7 +103,8 @@ class TaskData:
         import hashlib
         import json
 
-        h = hashlib.sha256(json.dumps(self.encoding, sort_keys=True, default=str).encode())
+        encoding = {k: v for k, v in self.encoding.items() if k != "path"}  # where it lies is not what it is
+        h = hashlib.sha256(json.dumps(encoding, sort_keys=True, default=str).encode())
         seen = set()
         for name in sorted(self.splits):
             batch = self.splits[name]

@@ -102,6 +102,18 @@ def check_values(d: dict, path: Path) -> None:
         raise FPTError(f"task file {str(path)!r} needs path: (or train:)")
 
 
+def class_names(labels: list[str] | None) -> list[str]:
+    """The sorted distinct labels when any is not an integer (labels given by name), else [] (integers)."""
+    if not labels:
+        return []
+    values = [str(v).strip() for v in labels]
+    try:
+        np.asarray(values, dtype=np.float64)
+        return []
+    except ValueError:
+        return sorted(set(values))
+
+
 def is_task_file(name: str) -> bool:
     return name.endswith((".yaml", ".yml"))
 
@@ -180,9 +192,13 @@ class CustomTask(Task):
         the task file's keys, the sizes the model is built from, and what comes from the training data: the
         vocabulary (csv, tokens in id order from 2) or the class names (image folders, in label order)."""
         e = {"task_file": json.loads(json.dumps(self.d, default=str)), "spec": dataclasses.asdict(self.spec)}
+        if self.opts.get("file"):  # where it was, absolute: found again after the run folder or the shell moved
+            e["path"] = str(Path(self.opts["file"]).resolve())
+        elif self.trained is not None and self.trained.get("path"):
+            e["path"] = self.trained["path"]
         if self.d["format"] == "csv":
             e["vocab"] = sorted(self.vocab, key=self.vocab.get)
-        elif self.d["format"] == "image_folder":
+        if self.classes:  # image folders; CSV and npz labels given by name
             e["classes"] = list(self.classes)
         return e
 
@@ -298,7 +314,11 @@ class CustomTask(Task):
 
     def _read_csv(self) -> dict:
         k = self.spec.num_classes if self.trained is not None else self.d.get("num_classes")
-        raw = {split: self._tokenize(path, split, None if k is None else int(k)) for split, path in self.files.items()}
+        texts = {split: self._tokenize(path, split) for split, path in self.files.items()}
+        if self.trained is None:  # labels that are not all integers are class names, in sorted order
+            self.classes = class_names(texts["train"][1])
+        raw = {split: (toks, self._label_ids(labels, self.files[split], split, None if k is None else int(k)))
+               for split, (toks, labels) in texts.items()}
         if self.trained is None:  # vocabulary from the training file: 0 padding, 1 unknown, then tokens in sorted order
             self.vocab = {t: i + 2 for i, t in enumerate(sorted({t for seq in raw["train"][0] for t in seq}))}
         splits = {split: {**self._encode(toks, self.files[split], split), "y": y} for split, (toks, y) in raw.items()}
@@ -309,16 +329,34 @@ class CustomTask(Task):
                                  seq_len=int(max(s["len"].max() for s in splits.values())), num_classes=nc, padded=True)
         return splits
 
-    def _tokenize(self, path: Path, split: str | None, num_classes: int | None, *, labels_optional: bool = False):
-        """(token lists cut at max_len, integer labels or None where optional and absent) of a CSV file."""
-        cols = (str(self.d.get("sequence_column", "seq")), str(self.d.get("label_column", "label")))
+    def _tokenize(self, path: Path, split: str | None, *, labels_optional: bool = False, ids: bool = False):
+        """(token lists cut at max_len, label texts or None where optional and absent[, the `id` column's
+        values or None]) of a CSV file."""
+        cols = (str(self.d.get("sequence_column", "seq")), str(self.d.get("label_column", "label")), "id")
         mode, max_len = self._setting("tokenize"), int(self._setting("max_len"))
         if mode not in ("chars", "whitespace"):
             raise FPTError(f"tokenize must be chars or whitespace, got {mode!r}")
-        seqs, labels = read_table(path, cols, split=split, optional=cols[1:] if labels_optional else ())
-        toks = [list(s) if mode == "chars" else s.split() for s in seqs]
-        y = None if labels is None else parse_int_labels(labels, num_classes, path=path, split=split)
-        return [t[:max_len] for t in toks], y
+        seqs, labels, names = read_table(path, cols, split=split,
+                                         optional=cols[1:] if labels_optional else cols[2:])
+        toks = [t[:max_len] for t in (list(s) if mode == "chars" else s.split() for s in seqs)]
+        return (toks, labels, names) if ids else (toks, labels)
+
+    def _label_ids(self, labels, path: Path, split: str | None, num_classes: int | None, *,
+                   first_line: int | None = 2) -> np.ndarray | None:
+        """Labels as class indices: by name where the task has class names (this run's, or the training
+        file's when its labels are words), else integers 0..C-1. One line naming the first unknown name."""
+        if labels is None:
+            return None
+        labels = [str(v).strip() for v in labels]
+        if not self.classes:
+            return parse_int_labels(labels, num_classes, path=path, split=split, first_line=first_line)
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = next((i for i, v in enumerate(labels) if v not in index), None)
+        if unknown is not None:
+            at = f"line {first_line + unknown}" if first_line is not None else f"row {unknown}"
+            raise FPTError(f"{where(path, split)} {at}: label {labels[unknown]!r} is not one of the classes "
+                           f"{', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}")
+        return np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
 
     def _encode(self, toks: list[list[str]], path: Path, split: str | None) -> dict:
         """Token lists -> {"x": (N, width) ids padded with 0, "len": (N,)}, by the vocabulary (1: unknown).
@@ -346,13 +384,16 @@ class CustomTask(Task):
         if "x_train" not in arrays or "y_train" not in arrays:
             raise FPTError(f"{str(path)!r} needs arrays x_train and y_train; it has {', '.join(arrays)}")
         splits = {}
+        if self.trained is None:  # y_train of strings: class names, in sorted order
+            y = arrays["y_train"]
+            self.classes = sorted({str(v) for v in y.reshape(-1)}) if y.dtype.kind in "US" else []
         for s in SPLIT_NAMES:
             if f"x_{s}" in arrays:
                 x, y = arrays[f"x_{s}"], arrays.get(f"y_{s}")
                 if y is None or len(y) != len(x):
                     raise FPTError(f"{str(path)!r}: x_{s} has {len(x)} rows but y_{s} has "
                                    f"{'none' if y is None else len(y)}")
-                splits[s] = {"x": x, "y": _npz_labels(y, path, s)}
+                splits[s] = {"x": x, "y": self._npz_label_ids(y, path, s)}
                 if f"len_{s}" in arrays:
                     splits[s]["len"] = arrays[f"len_{s}"]
                 _check_npz_split(path, s, splits[s], train=splits["train"])
@@ -369,6 +410,15 @@ class CustomTask(Task):
                 self.spec = TaskSpec(name=self.name, input_kind="continuous", token_dim=x.shape[2],
                                      seq_len=x.shape[1], num_classes=k)
         return splits
+
+    def _npz_label_ids(self, y: np.ndarray, path: Path, split: str | None, *, name: str | None = None) -> np.ndarray:
+        """An npz's labels as class indices: strings by this task's class names, numbers as integers."""
+        if y.dtype.kind in "US":
+            if not self.classes:
+                raise FPTError(f"{where(path, split)}: {name or f'y_{split}'} holds strings, but the task's "
+                               f"labels are integers")
+            return self._label_ids(list(y.reshape(-1).astype(str)), path, split, None, first_line=None)
+        return _npz_labels(y, path, split, name=name)
 
     def _npz_inputs(self, arrays: dict, path: Path, split: str, x_name: str | None = None) -> None:
         """One split's x as the model takes it, in place: token ids (N, T) get their lengths (given, or the
@@ -406,15 +456,44 @@ class CustomTask(Task):
             x, y, names = self._read_images(path, None, unlabelled=True)
             arrays = {"x": x, "y": y}
         elif fmt == "csv":
-            toks, y = self._tokenize(path, None, self.spec.num_classes, labels_optional=True)
+            toks, labels, ids = self._tokenize(path, None, labels_optional=True, ids=True)
+            y = self._label_ids(labels, path, None, self.spec.num_classes)
             arrays = {**self._encode(toks, path, None), "y": np.full(len(toks), -1) if y is None else y}
-            names = list(range(len(toks)))
+            names = ids if ids is not None else list(range(len(toks)))  # the input's own id column, if any
         else:
             arrays = self._read_npz_inputs(path)
             names = list(range(len(arrays["y"])))
         data = self._data({"input": arrays})
         data.notes += self.notes
         return data, names
+
+    def read_values(self, values) -> tuple[TaskData, list[int]]:
+        """In-memory inputs read as this task's, like `read_inputs` reads a file: a list of strings (csv: one
+        sequence each), or an array / tensor (npz: x as an npz's x; image_folder: uint8 images (N, C, H, W)
+        at the run's image size). Returns (data with one split, "input", labels -1; row numbers)."""
+        fmt, where_ = self.d["format"], Path("<inputs>")
+        if isinstance(values, (list, tuple)) and values and all(isinstance(v, str) for v in values):
+            if fmt != "csv":
+                raise FPTError(f"strings are inputs of a csv task; this run's task is format {fmt}")
+            mode, max_len = self._setting("tokenize"), int(self._setting("max_len"))
+            toks = [(list(v) if mode == "chars" else v.split())[:max_len] for v in values]
+            arrays = {**self._encode(toks, where_, None), "y": np.full(len(toks), -1)}
+        else:
+            x = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+            if fmt == "csv" or x.ndim < 2 or not len(x):
+                raise FPTError(f"inputs for a {fmt} task: " + ("a list of strings" if fmt == "csv" else
+                               "an array or tensor with one row per example"))
+            arrays = {"x": x, "y": np.full(len(x), -1)}
+            if fmt == "image_folder":
+                size, channels = self._image_settings()
+                if x.dtype != np.uint8 or x.shape[1:] != (channels, size, size):
+                    raise FPTError(f"images must be uint8 (N, {channels}, {size}, {size}), got {x.dtype} {x.shape}")
+            else:
+                _check_npz_split(where_, None, arrays, train=arrays, names=("x", "lengths"))
+                self._npz_inputs(arrays, where_, "", x_name="x")
+        data = self._data({"input": arrays})
+        data.notes += self.notes
+        return data, list(range(len(arrays["y"])))
 
     def _read_npz_inputs(self, path: Path) -> dict:
         z = _load_npz(path)
@@ -427,7 +506,7 @@ class CustomTask(Task):
         if "y" in z:
             if len(z["y"]) != len(arrays["x"]):
                 raise FPTError(f"{str(path)!r}: x has {len(arrays['x'])} rows but y has {len(z['y'])}")
-            arrays["y"] = _npz_labels(z["y"], path, None, name="y")
+            arrays["y"] = self._npz_label_ids(z["y"], path, None, name="y")
             check_labels(arrays["y"], self.spec.num_classes, what=f"{str(path)!r}: y")
         self._npz_inputs(arrays, path, "", x_name="x")
         return arrays
