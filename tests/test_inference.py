@@ -252,10 +252,17 @@ def test_tensorboard_writes_the_metrics(tiny_backbones, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(run))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {k for k, v in records[0].items() if k != "step" and
-                                             isinstance(v, (int, float))}
-    for name in ("train_loss", "val_accuracy", "test_loss", "elapsed_s"):
-        logged = [(e.step, e.value) for e in events.Scalars(name)]
+    from fpt.tblog import tag
+
+    series = {tag(k) for k, v in records[0].items() if k != "step" and isinstance(v, (int, float))}
+    assert {"train/loss", "train/accuracy", "train/lr", "val/accuracy", "val/loss", "time/elapsed_s"} <= series
+    result = json.loads((run / "result.json").read_text())
+    final = {f"hparams/{k}" for k in ("test_accuracy", "best_val_accuracy", "train_accuracy_at_best")
+             if isinstance(result.get(k), (int, float))}
+    assert "hparams/test_accuracy" in final and set(events.Tags()["scalars"]) == series | final
+    assert events.PluginTagToContent("hparams")
+    for name in ("train_loss", "val_accuracy", "lr", "elapsed_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(tag(name))]
         assert logged == [(r["step"], pytest.approx(r[name], rel=1e-6, abs=1e-6)) for r in records]
 
 

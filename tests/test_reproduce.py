@@ -90,18 +90,22 @@ def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["reproduce", str(tiny_matrix), "--budget", "smoke", "--seeds", "2", "--out", str(out), "--quiet"]
     assert main(argv) == 0
-    for name in ("results.csv", "table.md", "curves_bit-xor.png",
-                 "steps_to_converge.png", "attention_bit_xor.png"):
+    for name in ("results.csv", "table.md", "curves_bit-xor.png", "attention_bit_xor.png"):
         assert (out / name).exists(), name
+    # drawn where a run reached the budget's target; otherwise no empty plot, and one line says why
+    assert (out / "steps_to_converge.png").exists() or \
+        "steps_to_converge.png: not drawn: no run reached its target" in capsys.readouterr().err
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 3 * 2  # rows x seeds on bit-xor (mnist is not in the smoke budget)
     assert {r["status"] for r in rows if r["row"] == "Exploding"} == {"diverged"}
     table = (out / "table.md").read_text()
     assert "± " in table and "(n=2)" in table and "[paper: 100]" in table and "diverged" in table
-    # every cell is a number or says why not; the majority baseline beside; what the bodies were
-    assert table.count("not run: budget smoke does not cover mnist") == 3
+    # every cell is a number or says why not; a task the budget covers for no row is one note, not a
+    # column of "not run" cells; the majority baseline beside; train / test / gap; what the bodies were
+    assert "Not in budget smoke (fpt/budgets.py), so not run: mnist." in table and "mnist |" not in table
     majority = next(line for line in table.splitlines() if line.startswith("| majority class"))
-    assert majority.split("|")[2].strip() not in ("", "–") and majority.split("|")[3].strip() == "–"
+    assert majority.split("|")[2].strip() not in ("", "–") and len(majority.split("|")) == 4
+    assert "Train / test / gap" in table and (" / +" in table or " / -" in table)
     assert "- Pretrained: gpt2 (pre-LN), 2 layers x 64, 2 heads" in table and "Measured on:" in table
 
     # rerun: finished runs are skipped, a half-done one resumes from its checkpoint
@@ -180,7 +184,7 @@ def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_m
     assert "stale" not in text and readme_block(out) in text and text.endswith("\n\nafter\n")
     # rows left out this time are queued: the same sweep without --rows runs them
     assert "| bit-xor: `fpt reproduce tiny --budget smoke --tasks bit-xor` | not run yet [100] | " in text
-    assert "| mnist: `fpt reproduce tiny --budget smoke --tasks mnist` | not run: budget smoke does not cover mnist" in text
+    assert "| mnist: " not in text and "\n\nNot in budget smoke (fpt/budgets.py), so not run: mnist.\n" in text
     other = tmp_path / "OTHER.md"
     other.write_text("no block here\n")
     capsys.readouterr()
@@ -212,10 +216,16 @@ def test_table1_plans_every_row_in_every_budget(budget, tmp_path):
     and every cpu/gpu/paper task is covered: 28 cells."""
     runs = plan(load_matrix("table1"), budget=budget, seeds=1, out=tmp_path)
     planned = [r for r in runs if r.config is not None]
-    assert {r.row.name for r in planned} == {"FPT", "Random init", "Full transformer", "Full LSTM"}
+    rows = {"FPT", "Random init", "Full transformer", "Full LSTM"}
+    assert {r.row.name for r in planned} - {"Full transformer (3 layers)"} == rows
     assert all(r.config.warmup_steps < r.config.steps for r in planned)
+    # the paper's 3-layer transformer is a CIFAR-10 row: its other cells are not planned, and say why
+    three = [r for r in runs if r.row.name == "Full transformer (3 layers)"]
+    assert {r.task for r in three if r.config is not None} <= {"cifar10"}
+    assert all(("covers only cifar10" in r.skip_reason or f"{budget!r} does not cover" in r.skip_reason)
+               for r in three if r.task != "cifar10")
     if budget != "smoke":
-        assert len(planned) == 28 and all(r.config.precision == "auto" for r in planned)
+        assert len(planned) == 29 and all(r.config.precision == "auto" for r in planned)
 
 
 def test_cpu_large_budget_is_cpus_recipes_with_fewer_steps(tmp_path):

@@ -2,8 +2,9 @@
 registered with transformers as `fpt_cpu`).
 
 The eager math with the scores kept in their own dtype (no fp32 round trip of the (B, H, T, T) matrix under
-bf16), short attention's C kernel where it fits, and torch's fused SDPA kernel where it is faster: long
-sequences without attention dropout (docs/performance.md, "Attention on the CPU").
+bf16), short attention's C kernel where it fits, long attention's tiled C kernel for longer sequences (attention
+dropout included), and torch's fused SDPA kernel for long sequences without attention dropout that long attention
+does not take (fp32, or no build of it) (docs/performance.md, "Attention on the CPU").
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpt.fastops.dropout import seeded_dropout
+from fpt.fastops.long_attention_kernel import long_attention, long_attention_fits
 from fpt.fastops.short_attention_kernel import short_attention, short_attention_fits
 from fpt.fastops.switches import SWITCHES
 
@@ -20,7 +22,7 @@ FPT_CPU = "fpt_cpu"  # the attention implementation name registered with transfo
 # At this many keys and more, torch's fused CPU kernel (flash attention, no T x T matrix) beats the
 # eager path; below it the eager path wins (its backward is 1.1-1.5x faster at 64-256 tokens).
 # Measured on the 2-core CPU, MiniLM, bf16 (docs/performance.md). The fused kernel has no dropout
-# of its own, so steps with attention dropout stay on the eager path.
+# of its own, so steps with attention dropout take long attention's kernel, or the eager path without it.
 SDPA_MIN_KEYS = 512
 # ... and for heads of at most this width: the fused kernel saves passes over the (T, T) scores, whose
 # cost against the matmuls' shrinks as heads widen. 1024 tokens, bf16, forward and backward, fused /
@@ -51,14 +53,24 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
         key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
     softcap = kwargs.get("softcap")  # Gemma's tanh cap on the scores (none in Gemma 3); not in the fused kernel
     sdpa_min_keys = SDPA_MIN_KEYS if SWITCHES.sdpa_min_keys is None else SWITCHES.sdpa_min_keys
-    if (dropout == 0.0 and softcap is None and key.shape[-2] >= sdpa_min_keys and query.shape[-1] <= SDPA_MAX_HEAD_DIM
-            and not SWITCHES.weights_wanted):
+    sdpa = (dropout == 0.0 and softcap is None and key.shape[-2] >= sdpa_min_keys
+            and query.shape[-1] <= SDPA_MAX_HEAD_DIM and not SWITCHES.weights_wanted)
+    # long attention's kernel: with dropout, and in bf16 without, ahead of the fused kernel (1024 tokens, bf16,
+    # forward and backward: 199 against 328 ms); in fp32 without dropout the two are level and the fused one stays
+    # NOTE: bf16 only: fp32 runs stay bit-identical to the eager math they always ran (the tiled online
+    # softmax sums in another order); the kernel's fp32 build is tested against it to 1e-5
+    tiled = (softcap is None and not SWITCHES.weights_wanted
+             and (query.dtype == torch.bfloat16 or SWITCHES.long_attention_fp32)
+             and long_attention_fits(query, key, value, attention_mask))
+    if sdpa and not tiled:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=causal)
         return out.transpose(1, 2).contiguous(), None
     if causal:  # (Tq, Tk), True on and below the diagonal (queries are the last Tq positions)
         tq, tk = query.shape[2], key.shape[2]
         attention_mask = torch.ones(tq, tk, dtype=torch.bool, device=query.device).tril(tk - tq)[None, None]
+    if tiled:
+        return long_attention(query, key, value, attention_mask, scaling, dropout), None
     if softcap is None and not SWITCHES.weights_wanted and short_attention_fits(query, key, value, attention_mask):
         return short_attention(query, key, value, attention_mask, scaling, dropout), None
     # NOTE: the scale goes on the queries and dropout's 1 / (1 - p) on the output, both (B, H, T, d), not on

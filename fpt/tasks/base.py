@@ -201,9 +201,6 @@ class Task:
     #: `fpt reproduce` budget cells for this task, {budget name: fpt.budgets.TaskBudget}, used where
     #: fpt/budgets.py has none for it: a new task file can bring its own steps and recipe.
     budgets: dict = {}
-    #: `fpt report`: a function(matrix, records, out) drawing this task's own figures (Bit XOR's attention
-    #: maps), or None.
-    report_figures = None
 
     def __init__(self, **options):
         unknown = set(options) - set(self.options)

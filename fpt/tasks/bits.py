@@ -85,13 +85,6 @@ class BitMemory(Task):
         return GeneratedData(self.spec, self.sample, seed=seed, eval_examples=self.opts["eval_examples"])
 
 
-def _bit_xor_attention_figures(matrix, records, out):
-    """`fpt report`: which head each row's seed-0 run attends from an output bit to its two inputs with."""
-    from fpt.attention import plot_bit_xor_attention  # rebuilds the trained models: torch and transformers
-
-    return plot_bit_xor_attention(matrix, records, out)
-
-
 @TASKS.register("bit-xor")
 class BitXOR(Task):
     """Two n-bit strings in, their elementwise XOR out.
@@ -102,7 +95,6 @@ class BitXOR(Task):
 
     options = {"n_bits": 5, "patch_size": 1, "eval_examples": EVAL_EXAMPLES}
     paper_column = "bit_xor"
-    report_figures = staticmethod(_bit_xor_attention_figures)
 
     def __init__(self, **options):
         super().__init__(**options)
