@@ -13,12 +13,18 @@ from fpt.errors import FPTError  # noqa: E402
 
 def __getattr__(name):
     # Lazy: `import fpt` stays cheap; torch and transformers load on first use.
-    if name in ("train", "evaluate", "build_experiment"):
-        import importlib
+    if name == "train":
+        from fpt.run.launch import train
 
-        # NOTE: importing the submodule makes `fpt.train` the module itself (the import system sets it on
-        # the package), so that module is callable as its train() (fpt/train.py, the last lines)
-        return getattr(importlib.import_module("fpt.train"), name)
+        return train
+    if name == "evaluate":
+        from fpt.run.step import evaluate
+
+        return evaluate
+    if name == "build_experiment":
+        from fpt.run.experiment import build_experiment
+
+        return build_experiment
     if name in ("build_fpt", "apply_trainable", "count_parameters", "format_counts", "parameter_groups"):
         from fpt import model
 

@@ -68,7 +68,7 @@ def load_trained(result_path: Path):
     """Rebuild a finished run with eager attention and its trained weights."""
     from fpt.checkpoint import read_checkpoint
     from fpt.config import from_dict
-    from fpt.train import build_experiment
+    from fpt.run.experiment import build_experiment
 
     checkpoint = result_path.parent / "checkpoint.pt"
     if not checkpoint.is_file():  # committed results keep no checkpoints

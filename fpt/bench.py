@@ -3,8 +3,8 @@
 Three measurements, all in one process on one device:
 
 1. The device's dense matmul peak (fp32 and bf16), timed here, the denominator of MFU.
-2. fpt's own loop: `fpt.train.train_step` on batches from `TaskData.train_batch`, exactly what
-   `fpt train` runs, in fp32 and in bf16; evaluation as `fpt.train.evaluate` does it.
+2. fpt's own loop: `fpt.run.step.train_step` on batches from `TaskData.train_batch`, exactly what
+   `fpt train` runs, in fp32 and in bf16; evaluation as `fpt.run.step.evaluate` does it.
 3. A reference loop built the way the paper's published code is built: the Hugging Face model in
    fp32 with eager attention, a torch DataLoader of per-sample items, each batch moved to the device,
    micro-batches of 16 with gradient accumulation, evaluation with the autograd graph still built.
@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from fpt.config import BENCH_VARIANTS, TrainConfig
 from fpt.errors import FPTError
 from fpt.tasks import Batch
-from fpt.train import Experiment, build_experiment, loss_and_correct, make_optimizer, train_step
+from fpt.run.experiment import Experiment, build_experiment
+from fpt.run.step import loss_and_correct, make_optimizer, train_step
 from fpt.utils import keep_freed_cpu_memory
 
 REFERENCE_MICRO_BATCH = 16  # the paper's code: batch 16, gradient accumulation to the global batch
@@ -315,9 +316,9 @@ def train_to_accuracy(cfg: TrainConfig, loop: str, target: float, log=print) -> 
     """Train `loop` ("fpt" or "reference") with `cfg`'s recipe (steps, learning-rate schedule, batch),
     testing every `cfg.eval_every` steps, until the test accuracy reaches `target` or the steps run out.
     Wall seconds count from the first step and include the evaluations, each loop's own way."""
-    from fpt.train import evaluate, scheduled_step
+    from fpt.run.step import evaluate, scheduled_step
 
-    if loop == "fpt":  # `fpt train`'s steps: its optimizer, batch stream and schedule (fpt.train.scheduled_step)
+    if loop == "fpt":  # `fpt train`'s steps: its optimizer, batch stream and schedule (fpt.run.step.scheduled_step)
         exp, optimizer, gen = start_fpt(cfg)
 
         def step(s: int):
@@ -418,7 +419,7 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
     variants = [parse_variant(v) for v in precisions]  # every name checked before anything runs
     device = pick_device(cfg.device)
     if device.type == "cpu" and (cfg.compile or any(compiled for _, compiled in variants)):
-        from fpt.train import missing_cpu_compiler
+        from fpt.run.experiment import missing_cpu_compiler
 
         if (missing := missing_cpu_compiler()) is not None:
             if cfg.compile or tuple(precisions) != BENCH_VARIANTS:  # asked for by name: an error, before any loop

@@ -245,15 +245,3 @@ MODELS.register("fpt", ModelKind(
 MODELS.register("lstm", ModelKind(
     "lstm", f"{LSTM_LAYERS}-layer LSTM of width {LSTM_WIDTH} with layer norm, fully trained "
     f"(the paper used --lr {LSTM_LR:g})", _build_lstm))
-
-
-def build_model(cfg, spec):
-    """(FPT model with exactly cfg.train learning, its Backbone or None) for the config's row."""
-    from fpt.model import FPT, apply_trainable
-
-    kind = MODELS.get(cfg.model)
-    body, width, backbone = kind.build(cfg, spec)
-    torch.manual_seed(cfg.seed)  # the new layers' init does not depend on how the body was built
-    model = FPT(body, spec, width)
-    apply_trainable(model, cfg.train)
-    return model, backbone

@@ -1,8 +1,8 @@
 """Data-parallel training with PyTorch DDP: `torchrun -m fpt train ...` or `fpt train --nproc N`.
 
-Every process runs the same `fpt.train.train`, which hands over to `train_data_parallel` here: the
+Every process runs the same `fpt.train` (fpt/run/launch.py), which hands over to `train_data_parallel` here: the
 single-process steps, each checked on every rank, with the built Experiment made data-parallel
-(`data_parallel`) and this process's `Ranks` for fpt.train's `OneProcess` hooks.
+(`data_parallel`) and this process's `Ranks` for fpt/run/step.py's `OneProcess` hooks.
 
 - Process group: gloo on the CPU, NCCL on GPUs (process LOCAL_RANK on cuda:LOCAL_RANK), from the
   WORLD_SIZE / RANK / LOCAL_RANK variables torchrun sets. Without them: one process, nothing changes.
@@ -41,7 +41,10 @@ import torch
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
 from fpt.tasks import Batch, TaskData
-from fpt.train import Experiment, OneProcess, build_experiment, prepare_run_dir, resume_point, run
+from fpt.run.experiment import Experiment, build_experiment
+from fpt.run.files import prepare_run_dir, resume_point
+from fpt.run.loop import run
+from fpt.run.step import OneProcess
 
 # NOTE: a float32 cross-entropy can overflow to inf from finite logits beyond about 1e38; flagging
 # logits this large as non-finite keeps every rank's divergence check in step (see `agree_finite`).
@@ -131,7 +134,7 @@ class ShardedData:
 
 @dataclass
 class Ranks(OneProcess):
-    """This process's place among the data-parallel processes, and fpt.train's `OneProcess` hooks for it."""
+    """This process's place among the data-parallel processes, and fpt/run/step.py's `OneProcess` hooks for it."""
 
     rank: int = 0
     world_size: int = 1
@@ -282,7 +285,7 @@ def data_parallel(exp: Experiment, ranks: Ranks) -> DataParallelExperiment:
 
 
 def train_data_parallel(cfg: TrainConfig, *, resume: bool, overwrite: bool, progress: bool) -> dict:
-    """`fpt.train.train` in one of torchrun's processes: its steps, each checked on every rank (an FPTError
+    """`fpt.train` in one of torchrun's processes: its steps, each checked on every rank (an FPTError
     on any stops all; rank 0 prints it), rank 0 owning the run directory, then `run` data-parallel."""
     ranks = setup(cfg)
     try:

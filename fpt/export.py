@@ -14,31 +14,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from fpt.errors import FPTError
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
+from fpt.inference import EXPORT_CONFIG as CONFIG
+from fpt.inference import EXPORT_WEIGHTS as WEIGHTS
+from fpt.inference import load_run
+
 CARD = "README.md"
 EXPORT_FORMAT = 1
-
-
-def is_export(folder: Path) -> bool:
-    """A folder `fpt export` wrote (a run directory has checkpoint.pt instead)."""
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        return False
-    try:
-        return "fpt_export" in json.loads((folder / CONFIG).read_text())
-    except ValueError:
-        return False
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best") -> Path:
     """Write `out` from the run in `run_dir` (its best-validation weights, or `checkpoint="last"`)."""
     from safetensors.torch import save_file
 
-    from fpt.inference import load_run
     from fpt.utils import write_text_atomic
 
     run_dir, out = Path(run_dir), Path(out)
@@ -81,23 +71,6 @@ def _spec_dict(spec) -> dict:
 
 def _weights_sha(run) -> str:
     return run.frozen_sha256
-
-
-def read_export(folder: Path) -> tuple[dict, dict | None]:
-    """(a checkpoint-like record: config, weights_sha256, trainable, step; a task file's encoding or None),
-    read from an exported folder: safetensors and JSON, nothing executable."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-        weights = load_file(str(folder / WEIGHTS))
-        record = {"config": config["config"], "weights_sha256": config["backbone"]["weights_sha256"],
-                  "trainable": weights, "state": {"step": config["weights"]["step"]}, "format": "export",
-                  "exported": config}
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise FPTError(f"{folder} is not a folder `fpt export` wrote ({type(e).__name__}: {e})") from None
-    return record, config["task"].get("encoding")
 
 
 def _pct(value) -> str:

@@ -26,11 +26,15 @@ from fpt.model import FPT
 from fpt.tasks import Batch, Task, TaskData
 from fpt.tasks.base import PaddedTokenData, check_split
 from fpt.checkpoint import read_checkpoint
-from fpt.train import CHECKPOINT, METRICS, RESUMABLE_CHANGES, TASK, Experiment, evaluate
+from fpt.run.experiment import Experiment
+from fpt.run.files import CHECKPOINT, METRICS, RESUMABLE_CHANGES, TASK
+from fpt.run.step import evaluate
 
 SPLITS = ("train", "val", "test", "all")  # all: every example of the task's files, no split held out
 #: Which of a run's weights to use: those of its best validation step (what result.json reports), or its last.
 CHECKPOINTS = ("best", "last")
+#: `fpt export`'s folder (fpt/export.py writes it; load_run reads it): the trained tensors and the record
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
 
 
 @dataclass
@@ -142,7 +146,7 @@ class Run:
             raise FPTError(f"task {cfg.task!r} draws fresh training examples; evaluate val or test")
         names = list(data.splits) if split == "all" else [split]
         loss = correct = examples = 0.0
-        for name in names:  # `fpt.train.evaluate`, the code training evaluates with, one split at a time
+        for name in names:  # `fpt.run.step.evaluate`, the code training evaluates with, one split at a time
             kind = PaddedTokenData if isinstance(data, PaddedTokenData) else TaskData
             one = kind(data.spec, {name: data.ready(name)})  # model-ready (ImageData keeps train's images raw)
             exp = Experiment(cfg=cfg, data=one, backbone=self.backbone, model=self.model, device=self.device)
@@ -159,7 +163,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     (checked against the checkpoint's weights_sha256), the checkpoint's trainable weights on top, eval mode.
     `checkpoint`: best (the weights of the best validation step, whose test accuracy result.json reports;
     the default) or last. `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
-    from fpt.bodies import build_model
+    from fpt.factory import build_model
     from fpt.model import store_frozen_matmul_weights
     from fpt.tasks import task_from_config
     from fpt.tasks.custom import CustomTask, is_task_file
@@ -172,8 +176,6 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         raise FPTError(f"run directory {str(run_dir)!r} does not exist")
     if checkpoint not in CHECKPOINTS:
         raise FPTError(f"unknown checkpoint {checkpoint!r}; choose from: {', '.join(CHECKPOINTS)}")
-    from fpt.export import is_export, read_export
-
     exported = is_export(run_dir)  # `fpt export`'s folder: safetensors and JSON, its reported weights only
     if exported:
         ckpt, encoding = read_export(run_dir)
@@ -229,6 +231,33 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
         store_frozen_matmul_weights(model, torch.bfloat16)
     return Run(run_dir=run_dir, cfg=cfg, model=model, backbone=backbone, device=dev, task=task, step=step,
                weights=checkpoint, frozen_sha256=frozen)
+
+
+def is_export(folder: Path) -> bool:
+    """A folder `fpt export` wrote (a run directory has checkpoint.pt instead)."""
+    if not (folder / EXPORT_CONFIG).is_file() or not (folder / EXPORT_WEIGHTS).is_file():
+        return False
+    try:
+        return "fpt_export" in json.loads((folder / EXPORT_CONFIG).read_text())
+    except ValueError:
+        return False
+
+
+def read_export(folder: Path) -> tuple[dict, dict | None]:
+    """(a checkpoint-like record: config, weights_sha256, trainable, step; a task file's encoding or None),
+    read from an exported folder: safetensors and JSON, nothing executable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / EXPORT_CONFIG).read_text())
+        weights = load_file(str(folder / EXPORT_WEIGHTS))
+        record = {"config": config["config"], "weights_sha256": config["backbone"]["weights_sha256"],
+                  "trainable": weights, "state": {"step": config["weights"]["step"]}, "format": "export",
+                  "exported": config}
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise FPTError(f"{folder} is not a folder `fpt export` wrote ({type(e).__name__}: {e})") from None
+    return record, config["task"].get("encoding")
 
 
 def _task_file_from_anywhere(task: str, encoding: dict) -> str:

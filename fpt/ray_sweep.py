@@ -89,15 +89,15 @@ def _die_after_first_checkpoint() -> None:
     """Fault injection (tests): SIGKILL this worker process once the run's first checkpoint is saved."""
     import signal
 
-    import fpt.train
+    import fpt.run.loop
 
-    save = fpt.train.save_checkpoint
+    save = fpt.run.loop.save_checkpoint
 
     def save_then_die(obj, path):
         save(obj, path)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    fpt.train.save_checkpoint = save_then_die
+    fpt.run.loop.save_checkpoint = save_then_die
 
 
 def _task(run: PlannedRun, *, cwd: str, out: str, env: dict, threads: int, die: bool) -> dict:

@@ -193,7 +193,7 @@ def train_run(run: PlannedRun, *, progress: bool = True) -> str:
     for a diverged run, error.json otherwise), never raised, so a sweep goes on. Used by `execute` and by
     every Ray task (fpt/ray_sweep.py).
     """
-    from fpt.train import train
+    from fpt.run.launch import train
     from fpt.utils import FolderBusy, hold_folder
 
     try:
@@ -237,11 +237,11 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
     """
     import torch
 
-    from fpt.bodies import build_model
+    from fpt.factory import build_model
     from fpt.precision import autocast
     from fpt.precision import resolve as resolve_precision
     from fpt.tasks import task_from_config
-    from fpt.train import loss_and_correct
+    from fpt.run.step import loss_and_correct
     from fpt.utils import pick_device
 
     measured: dict[tuple[str, str], float] = {}

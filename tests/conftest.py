@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
     marked = [item for item in items if item.get_closest_marker("cpp_compiler")]
     if not marked:
         return
-    from fpt.train import missing_cpu_compiler
+    from fpt.run.experiment import missing_cpu_compiler
 
     if (missing := missing_cpu_compiler()) is not None:
         for item in marked:

@@ -9,7 +9,7 @@ import torch
 from fpt.bench import bench_fpt, bench_reference, count_flops, run_bench
 from fpt.cli import main
 from fpt.config import from_dict
-from fpt.train import build_experiment
+from fpt.run.experiment import build_experiment
 
 
 def _cfg(folder, tmp_path, **kw):

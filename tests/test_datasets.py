@@ -246,7 +246,7 @@ def test_new_tasks_are_registered():
 def test_custom_tasks_train_end_to_end(tiny_backbones, tmp_path, kind):
     """A padded token task and an image task through the real training loop on a tiny GPT-2."""
     from fpt.config import TrainConfig
-    from fpt.train import train
+    from fpt.run.launch import train
 
     if kind == "tokens":
         rows = "".join(f"{'xy' * (i % 7 + 1)},{i % 2}\n" for i in range(60))

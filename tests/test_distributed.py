@@ -18,7 +18,7 @@ import torch
 
 from fpt.cli import main
 from fpt.config import TrainConfig
-from fpt.train import train
+from fpt.run.launch import train
 
 # dropout 0: dropout noise differs across world sizes (each rank draws its own masks)
 RUN = dict(task="bit-xor", steps=8, eval_every=4, batch_size=8, dropout=0.0, device="cpu")

@@ -7,7 +7,8 @@ from fpt.backbones.architectures import GROUPS, TRAINABLE_GROUPS
 from fpt.config import TrainConfig
 from fpt.model import apply_trainable, build_fpt, count_parameters, parameter_groups, parse_groups
 from fpt.tasks import build_task
-from fpt.train import build_experiment, loss_and_correct
+from fpt.run.experiment import build_experiment
+from fpt.run.step import loss_and_correct
 
 
 def _model(backbone, task="bit-xor", init="random"):

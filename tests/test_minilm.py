@@ -5,7 +5,8 @@ import torch
 from fpt.backbones import load_backbone
 from fpt.config import TrainConfig
 from fpt.model import count_parameters
-from fpt.train import build_experiment, train
+from fpt.run.experiment import build_experiment
+from fpt.run.launch import train
 
 
 def test_minilm_loads_pretrained_and_groups():
@@ -34,7 +35,7 @@ def test_device_minilm_checkpoint_is_what_a_bf16_run_uses(tmp_path):
     import sys
     from pathlib import Path
 
-    from fpt.train import train_step
+    from fpt.run.step import train_step
 
     out = tmp_path / "minilm"
     tool = Path(__file__).resolve().parent.parent / "tools" / "device_minilm.py"

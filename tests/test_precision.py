@@ -12,7 +12,7 @@ import yaml
 import fpt.precision
 from fpt.config import from_dict
 from fpt.precision import probe_cpu, resolve
-from fpt.train import train
+from fpt.run.launch import train
 
 CPU = torch.device("cpu")
 

@@ -128,7 +128,7 @@ def test_attention_maps_see_the_whole_last_block(tiny_backbones, model_type, tmp
     at every token."""
     from fpt.attention import attention_maps
     from fpt.config import TrainConfig
-    from fpt.train import build_experiment
+    from fpt.run.experiment import build_experiment
 
     exp = build_experiment(TrainConfig(task="bit-xor", backbone=tiny_backbones[model_type],
                                        attn_implementation="eager", run_dir=str(tmp_path)))

@@ -13,7 +13,9 @@ from fpt.cli import main
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
 from fpt.model import count_parameters, parameter_groups
-from fpt.train import build_experiment, evaluate, loss_and_correct, train
+from fpt.run.experiment import build_experiment
+from fpt.run.launch import train
+from fpt.run.step import evaluate, loss_and_correct
 
 ROWS = {
     "fpt": dict(),

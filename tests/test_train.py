@@ -9,7 +9,7 @@ import pytest
 
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
-from fpt.train import train
+from fpt.run.launch import train
 
 
 def _cfg(backbone, tmp_path, **kw):
@@ -108,7 +108,8 @@ def test_bf16_stores_the_frozen_body_in_bf16_and_still_learns(tiny_backbones, tm
     in fp32, and hash the body as the fp32 run does."""
     import torch
 
-    from fpt.train import build_experiment, train_step
+    from fpt.run.experiment import build_experiment
+    from fpt.run.step import train_step
 
     cfg = _cfg(tiny_backbones["gpt2"], tmp_path, precision="bf16", batch_size=32, lr=3e-3)
     exp = build_experiment(cfg)
@@ -151,7 +152,7 @@ def test_compile_mode_reaches_torch_compile(tiny_backbones, tmp_path, monkeypatc
     import torch
 
     from fpt.cli import main
-    from fpt.train import build_experiment
+    from fpt.run.experiment import build_experiment
 
     modes = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
@@ -176,9 +177,9 @@ def test_cuda_graphs_compile_without_inductor_caches(device, mode, caches_on, mo
     import torch._functorch.config
     import torch._inductor.config
 
-    from fpt.train import compile_model
+    from fpt.run.experiment import compile_model
 
-    monkeypatch.setattr("fpt.train._check_cpu_compiler", lambda: None)
+    monkeypatch.setattr("fpt.run.experiment._check_cpu_compiler", lambda: None)
     modes = []
     model = torch.nn.Linear(2, 2)
     monkeypatch.setattr(model, "compile", lambda **kw: modes.append(kw.get("mode")))
@@ -238,7 +239,7 @@ def test_cpu_training_keeps_freed_memory_in_the_heap(monkeypatch, tiny_backbones
     from fpt import utils
 
     calls = []
-    monkeypatch.setattr("fpt.train.keep_freed_cpu_memory", lambda: calls.append(1))
+    monkeypatch.setattr("fpt.run.loop.keep_freed_cpu_memory", lambda: calls.append(1))
     train(TrainConfig(task="bit-xor", backbone=tiny_backbones["gpt2"], init="random", steps=2, eval_every=2,
                       device="cpu", run_dir=str(tmp_path / "run")), progress=False)
     assert calls == [1]
@@ -251,13 +252,17 @@ def test_cpu_training_keeps_freed_memory_in_the_heap(monkeypatch, tiny_backbones
         assert utils.keep_freed_cpu_memory() is True
 
 
-def test_fpt_train_is_callable_from_the_package(tiny_backbones, tmp_path):
-    """`fpt.train(cfg)` as the README and the package docstring show it, though importing the submodule makes
-    `fpt.train` the module (it is callable as its train())."""
-    import fpt
-    import fpt.train  # noqa: F401  (what any earlier import does: the package attribute is now the module)
+def test_fpt_train_is_the_public_function(tiny_backbones, tmp_path):
+    """`fpt.train(cfg)` as the README and the package docstring show it: a function, not a module (the loop
+    lives in fpt/run/, so no callable-module trick is needed)."""
+    import types
 
+    import fpt
+    import fpt.run.loop  # noqa: F401  (importing the loop changes nothing at the front door)
+    from fpt.run.step import evaluate
+
+    assert isinstance(fpt.train, types.FunctionType)
     result = fpt.train(fpt.TrainConfig(task="bit-xor", backbone=tiny_backbones["gpt2"], steps=2, eval_every=2,
                                        run_dir=str(tmp_path / "run")), progress=False)
     assert result["steps"] == 2 and (tmp_path / "run" / "result.json").exists()
-    assert fpt.evaluate is fpt.train.evaluate
+    assert fpt.evaluate is evaluate

@@ -16,7 +16,9 @@ from fpt.errors import FPTError
 from fpt.bodies import HFBody
 from fpt.model import build_fpt, count_parameters, parameter_groups
 from fpt.tasks import build_task
-from fpt.train import build_experiment, loss_and_correct, train
+from fpt.run.experiment import build_experiment
+from fpt.run.launch import train
+from fpt.run.step import loss_and_correct
 
 
 def _model(folder, task="bit-xor", **kw):

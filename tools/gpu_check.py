@@ -25,7 +25,7 @@ import torch
 
 def _run(device: str, precision: str, run_dir: str, **overrides) -> dict:
     from fpt.config import TrainConfig
-    from fpt.train import train
+    from fpt.run.launch import train
 
     settings = dict(task="bit-xor", backbone="gpt2", init="random", layers=2, steps=40, eval_every=40,
                     batch_size=32, lr=1e-3, dropout=0.0, seed=0, device=device, precision=precision,
@@ -40,7 +40,7 @@ def _run(device: str, precision: str, run_dir: str, **overrides) -> dict:
 def _dtypes_after_bf16_build(device: str) -> dict:
     """Which dtypes a bf16 GPU experiment keeps its frozen and trainable weights in."""
     from fpt.config import TrainConfig
-    from fpt.train import build_experiment
+    from fpt.run.experiment import build_experiment
 
     exp = build_experiment(TrainConfig(task="bit-xor", backbone="gpt2", init="random", layers=2,
                                        device=device, precision="bf16"))

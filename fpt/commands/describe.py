@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.bodies import MODELS, build_model
+    from fpt.bodies import MODELS
+    from fpt.factory import build_model
     from fpt.model import count_parameters, format_counts
     from fpt.tasks import task_from_config
 

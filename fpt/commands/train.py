@@ -112,7 +112,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from fpt.distributed import check_nproc, env_rank, launch
-    from fpt.train import train
+    from fpt.run.launch import train
 
     cfg = resume_config(args) if args.resume else config_from_args(args)
     if args.nproc is not None:
