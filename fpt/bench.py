@@ -33,7 +33,7 @@ from fpt.errors import FPTError
 from fpt.tasks import Batch
 from fpt.run.experiment import Experiment, build_experiment
 from fpt.run.step import loss_and_correct, make_optimizer, train_step
-from fpt.utils import keep_freed_cpu_memory
+from fpt.core.host import keep_freed_cpu_memory
 
 REFERENCE_MICRO_BATCH = 16  # the paper's code: batch 16, gradient accumulation to the global batch
 
@@ -385,7 +385,7 @@ def run_time_to_accuracy(cfg: TrainConfig, target: float, *, reference: bool = T
 def _isolated(fn, *args, **kwargs):
     """Run one loop's measurement in a fresh process on the CPU, so its peak RSS is its own (the
     CPU has no allocator statistics, and freed memory is not returned to the OS between loops)."""
-    from fpt.utils import pick_device
+    from fpt.core.host import pick_device
 
     if pick_device(args[0].device).type != "cpu":
         return fn(*args, **kwargs)
@@ -414,7 +414,7 @@ def run_bench(cfg: TrainConfig, *, steps: int = 5, warmup: int = 2, eval_batches
 
     `precisions` are variants of fpt's loop (`parse_variant`); `compile: true` in `cfg` compiles them all.
     """
-    from fpt.utils import device_name, pick_device
+    from fpt.core.host import device_name, pick_device
 
     variants = [parse_variant(v) for v in precisions]  # every name checked before anything runs
     device = pick_device(cfg.device)
@@ -473,7 +473,7 @@ def _line(f: LoopFigures) -> str:
 def run_scaling(cfg: TrainConfig, *, seq_lens: list[int], batch_sizes: list[int], steps: int = 3,
                 warmup: int = 1, log=print) -> list[dict]:
     """fpt's training step over a grid of sequence lengths and batch sizes (synthetic inputs)."""
-    from fpt.utils import pick_device
+    from fpt.core.host import pick_device
 
     device = pick_device(cfg.device)
     peaks = {p: matmul_peak_flops(device, torch.float32 if p == "fp32" else torch.bfloat16) for p in ("fp32", "bf16")}

@@ -196,7 +196,7 @@ def resolve_attention(cfg) -> str:
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
     from fpt.fastops import FPT_CPU
-    from fpt.utils import pick_device
+    from fpt.core.host import pick_device
 
     return FPT_CPU if pick_device(cfg.device).type == "cpu" else "sdpa"
 

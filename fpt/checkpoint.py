@@ -59,7 +59,7 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
 def save_checkpoint(obj: dict, path: Path) -> None:
     """Serialise in memory, then write atomically: a full disk is one OSError (WriteFailed), never torch's
     zip writer failing half-way, and no PATH.tmp is left behind."""
-    from fpt.utils import write_bytes_atomic
+    from fpt.core.files import write_bytes_atomic
 
     buf = io.BytesIO()
     torch.save({**obj, "format": FORMAT}, buf)

@@ -304,6 +304,6 @@ def resolve(config_file: str | None = None, overrides: dict[str, Any] | None = N
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
     """RUN_DIR/config.yaml, atomically: the config a plain `--resume` continues with."""
-    from fpt.utils import write_text_atomic
+    from fpt.core.files import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -29,7 +29,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best"
     """Write `out` from the run in `run_dir` (its best-validation weights, or `checkpoint="last"`)."""
     from safetensors.torch import save_file
 
-    from fpt.utils import write_text_atomic
+    from fpt.core.files import write_text_atomic
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):

@@ -167,7 +167,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     from fpt.model import store_frozen_matmul_weights
     from fpt.tasks import task_from_config
     from fpt.tasks.custom import CustomTask, is_task_file
-    from fpt.utils import pick_device
+    from fpt.core.host import pick_device
 
     run_dir = Path(run_dir)
     if batch_size is not None and batch_size <= 0:
@@ -355,7 +355,7 @@ def write_predictions(rows: list[dict], classes: int | list[str], out: str | Non
         text = buf.getvalue()
     if out is None:
         return text
-    from fpt.utils import write_text_atomic
+    from fpt.core.files import write_text_atomic
 
     if not Path(out).parent.is_dir():
         raise FPTError(f"cannot write {out}: its folder does not exist")

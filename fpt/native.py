@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from fpt.utils import cache_root, cpu_flags
+from fpt.core.host import cache_root, cpu_flags
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 CFLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]

@@ -27,7 +27,8 @@ import torch
 
 from fpt.config import PRECISIONS  # noqa: F401  (auto | fp32 | bf16: config's closed set)
 from fpt.errors import FPTError
-from fpt.utils import cache_root, cpu_flags, write_json_atomic
+from fpt.core.files import write_json_atomic
+from fpt.core.host import cache_root, cpu_flags
 
 CONCRETE = ("fp32", "bf16")
 PROBE_ROWS = 512  # tokens in a probe matmul: a batch of 8 x 64, one step's smallest matmul

@@ -186,7 +186,7 @@ def record_error(run: PlannedRun, message: str) -> None:
 def train_run(run: PlannedRun, *, progress: bool = True) -> str:
     """Train one planned run from where it stands; returns one line saying how it ended.
 
-    The run directory is locked (fpt.utils.hold_folder) before its state is read: a run another process
+    The run directory is locked (fpt.core.files.hold_folder) before its state is read: a run another process
     is training (a second sweep, a Ray task's straggler) is skipped, never trained twice at once. A
     partial run resumes from its checkpoint; one without a checkpoint starts over (what an attempt killed
     before its first checkpoint left is deleted). Failures are recorded in the run directory (result.json
@@ -194,7 +194,7 @@ def train_run(run: PlannedRun, *, progress: bool = True) -> str:
     every Ray task (fpt/ray_sweep.py).
     """
     from fpt.run.launch import train
-    from fpt.utils import FolderBusy, hold_folder
+    from fpt.core.files import FolderBusy, hold_folder
 
     try:
         with hold_folder(run.run_dir, what="run directory", hint="or let that process finish it"):
@@ -242,7 +242,7 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
     from fpt.precision import resolve as resolve_precision
     from fpt.tasks import task_from_config
     from fpt.run.step import loss_and_correct
-    from fpt.utils import pick_device
+    from fpt.core.host import pick_device
 
     measured: dict[tuple[str, str], float] = {}
     rows = []

@@ -273,7 +273,7 @@ def test_another_runs_checkpoint_is_refused(finished_run, tiny_backbones, tmp_pa
 def test_disk_full_at_a_checkpoint_is_one_line_and_leaves_no_tmp(tiny_backbones, tmp_path, capsys, monkeypatch):
     """The disk fills while checkpoint.pt's bytes are written (torch's zip writer used to raise RuntimeError
     here, past the OSError handler)."""
-    import fpt.utils
+    import fpt.core.files
 
     real_fsync, calls = os.fsync, []
 
@@ -283,7 +283,7 @@ def test_disk_full_at_a_checkpoint_is_one_line_and_leaves_no_tmp(tiny_backbones,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(fpt.utils.os, "fsync", fsync)
+    monkeypatch.setattr(fpt.core.files.os, "fsync", fsync)
     run = tmp_path / "run"
     code = main(["train", *_tiny(tiny_backbones), "--steps", "4", "--eval-every", "2", "--run-dir", str(run)])
     _one_line(capsys, code, "No space left on device")

@@ -259,7 +259,7 @@ class _Holder:
     """Another process holding `folder`'s lock, as a training run would (killed with SIGKILL on exit)."""
 
     def __init__(self, folder: Path):
-        code = ("import sys, time; from fpt.utils import hold_folder\n"
+        code = ("import sys, time; from fpt.core.files import hold_folder\n"
                 "with hold_folder(__import__('pathlib').Path(sys.argv[1])):\n"
                 "    print('locked', flush=True); time.sleep(300)\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)

@@ -232,14 +232,14 @@ def test_cpu_large_budget_is_cpus_recipes_with_fewer_steps(tmp_path):
     """The 12 x 768 budget plans both compared rows on its four tasks with cpu's recipe (but for the peak
     rates it names), never more steps, the same steps for every row of a task; tasks it leaves out are
     listed as not covered."""
-    from fpt.budgets import CPU_LARGE_LR, get_budget
+    from fpt.budgets import get_budget
 
     cpu, large = get_budget("cpu"), get_budget("cpu-large")
     assert set(large) == {"bit-xor", "bit-memory", "mnist", "cifar10"}
     for task, cell in large.items():
         assert cell.steps <= cpu[task].steps and cell.warmup_steps < cell.steps
         assert (cell.lr, cell.lr_schedule, cell.dropout, cell.batch_size) == \
-            (CPU_LARGE_LR.get(task, cpu[task].lr), cpu[task].lr_schedule, cpu[task].dropout, cpu[task].batch_size)
+            ({"cifar10": 1e-3}.get(task, cpu[task].lr), cpu[task].lr_schedule, cpu[task].dropout, cpu[task].batch_size)
     runs = plan(load_matrix("pretraining"), budget="cpu-large", seeds=1, out=tmp_path,
                 rows=["Pretrained (language)", "Random init"])
     planned = [r for r in runs if r.config is not None]

@@ -236,7 +236,7 @@ def test_cpu_training_keeps_freed_memory_in_the_heap(monkeypatch, tiny_backbones
     on Linux with glibc; FPT_MALLOC=default leaves malloc alone."""
     import platform
 
-    from fpt import utils
+    from fpt.core import host as utils
 
     calls = []
     monkeypatch.setattr("fpt.run.loop.keep_freed_cpu_memory", lambda: calls.append(1))

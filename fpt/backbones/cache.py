@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fpt.utils import cache_root
+from fpt.core.host import cache_root
 
 
 def cache_dir(name: str) -> Path:

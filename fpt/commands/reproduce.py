@@ -66,7 +66,7 @@ def _finished_line(run) -> str:
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.errors import FPTError
     from fpt.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
-    from fpt.utils import hold_folder, write_json_atomic
+    from fpt.core.files import hold_folder, write_json_atomic
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")

@@ -17,7 +17,7 @@ from fpt.precision import autocast
 from fpt.precision import resolve as resolve_precision
 from fpt.tasks import TaskData, task_from_config
 from fpt.tblog import ScalarLog, summary_writer_class
-from fpt.utils import pick_device, seed_everything
+from fpt.core.host import pick_device, seed_everything
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from fpt.checkpoint import read_checkpoint
 from fpt.config import TrainConfig
 from fpt.errors import FPTError
-from fpt.utils import WriteFailed, hold_folder, write_text_atomic
+from fpt.core.files import WriteFailed, hold_folder, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"

@@ -12,7 +12,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     """Train one run to `cfg.steps` (or early stop) and return its result record.
 
     `resume` continues the run in `cfg.run_dir` from its checkpoint; `overwrite` deletes what the run
-    directory holds and starts over. The run directory is locked for the whole run (fpt.utils.hold_folder).
+    directory holds and starts over. The run directory is locked for the whole run (fpt.core.files.hold_folder).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of torchrun's processes: the same steps, data-parallel
         from fpt.distributed import train_data_parallel

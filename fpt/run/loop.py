@@ -23,14 +23,15 @@ from fpt.run.progress import Progress
 from fpt.run.result import describe_body, export_backbone, result_record, trained_groups
 from fpt.run.step import ONE_PROCESS, OneProcess, evaluate, make_optimizer, scheduled_step
 from fpt.tblog import ScalarLog
-from fpt.utils import WriteFailed, device_name, keep_freed_cpu_memory, write_json_atomic
+from fpt.core.files import WriteFailed, write_json_atomic
+from fpt.core.host import device_name, keep_freed_cpu_memory
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Train one run in this process to `cfg.steps` (or early stop) and return its result record.
 
     `resume` continues the run in `cfg.run_dir` from its checkpoint; `overwrite` deletes what the run
-    directory holds and starts over. The run directory is locked for the whole run (fpt.utils.hold_folder).
+    directory holds and starts over. The run directory is locked for the whole run (fpt.core.files.hold_folder).
     """
     with contextlib.ExitStack() as held:  # the run directory's lock, released however we leave
         run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite, held=held)

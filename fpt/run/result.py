@@ -8,7 +8,7 @@ import torch
 
 from fpt.run.experiment import Experiment
 from fpt.tasks import TaskData
-from fpt.utils import device_name, host_kind, versions
+from fpt.core.host import device_name, host_kind, versions
 
 
 def trained_groups(counts: dict) -> list[str]:

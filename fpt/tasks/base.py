@@ -36,6 +36,24 @@ class TaskSpec:
         return self.output_tokens * self.targets_per_token
 
 
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """One task's cell of a compute budget (fpt/budgets.py): how long and with which recipe every row of a
+    matrix trains on it. Every row of one task gets the same cell (a row may pin its own learning rate)."""
+
+    steps: int
+    eval_every: int
+    batch_size: int = 32
+    target_accuracy: float = 0.99  # "converged" for the steps-to-converge plot and the compute table
+    task_options: dict | None = None  # e.g. smaller held-out sets for the synthetic tasks in `smoke`
+    precision: str | None = None  # None: the config's (auto: fpt/precision.py)
+    # the training recipe where a budget sets one; a matrix row's own lr (and --lr-sweep) still wins
+    lr: float | None = None
+    lr_schedule: str | None = None
+    warmup_steps: int = 0
+    dropout: float | None = None
+
 @dataclass
 class Batch:
     x: torch.Tensor  # (B, T, token_dim) float, or (B, T) long ids
@@ -198,8 +216,8 @@ class Task:
     #: `fpt data prepare TASK`: a classmethod `prepare_data(data_dir, *, seed, sizes) -> str` that downloads,
     #: generates or checks the data and returns the line to print; None: nothing to prepare (generated tasks).
     prepare_data = None
-    #: `fpt reproduce` budget cells for this task, {budget name: fpt.budgets.TaskBudget}, used where
-    #: fpt/budgets.py has none for it: a new task file can bring its own steps and recipe.
+    #: `fpt reproduce` budget cells for this task, {budget name (fpt/budgets.py): TaskBudget}: its steps,
+    #: evaluation and recipe in each budget that covers it, each with its reason beside it.
     budgets: dict = {}
 
     def __init__(self, **options):

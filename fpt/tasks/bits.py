@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from fpt.errors import FPTError
-from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec, patchify_sequence
+from fpt.tasks.base import TASKS, Batch, Task, TaskBudget, TaskData, TaskSpec, patchify_sequence
 
 EVAL_EXAMPLES = 1000
 # Offsets that keep the train / val / test generators of one seed apart.
@@ -54,6 +54,17 @@ class BitMemory(Task):
     Copying the visible query bits and guessing the rest scores about 75%.
     """
 
+    # NOTE: smoke shrinks the generated val/test sets (1000 -> 100 examples) to stay in minutes.
+    budgets = {
+        "smoke": TaskBudget(steps=20, eval_every=20, batch_size=8, target_accuracy=0.8,
+                            task_options={"eval_examples": 100}),
+        "cpu": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99),
+        # cpu's recipe for a 12 x 768 body (MPNet): half the steps; the constant rate's gap shows by 1,000
+        # (MiniLM's FPT reached 99% at steps 1,400-1,600, Random init never)
+        "cpu-large": TaskBudget(steps=1000, eval_every=200, target_accuracy=0.99),
+        "gpu": TaskBudget(steps=2000, eval_every=200, target_accuracy=0.99),
+        "paper": TaskBudget(steps=50_000, eval_every=1000, target_accuracy=0.99),
+    }
     options = {"n_bits": 1000, "n_patterns": 5, "patch_size": 50, "mask_prob": 0.5,
                "eval_examples": EVAL_EXAMPLES}
     paper_column = "bit_memory"
@@ -93,6 +104,15 @@ class BitXOR(Task):
     tokens each predict `patch` bits of the XOR. Accuracy is per bit.
     """
 
+    # NOTE: smoke shrinks the generated val/test sets (1000 -> 200 examples) to stay in minutes.
+    budgets = {
+        "smoke": TaskBudget(steps=60, eval_every=20, batch_size=16, target_accuracy=0.9,
+                            task_options={"eval_examples": 200}),
+        "cpu": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
+        "cpu-large": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
+        "gpu": TaskBudget(steps=1000, eval_every=100, target_accuracy=1.0),
+        "paper": TaskBudget(steps=20_000, eval_every=500, target_accuracy=1.0),
+    }
     options = {"n_bits": 5, "patch_size": 1, "eval_examples": EVAL_EXAMPLES}
     paper_column = "bit_xor"
 

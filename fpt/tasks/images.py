@@ -11,6 +11,8 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from fpt.datasets import (check_labels, data_root, download, find_first, load_cached, read_cifar_batches,
                           read_idx, save_cached)
 from fpt.errors import FPTError
-from fpt.tasks.base import TASKS, Task, TaskData, TaskSpec, patchify_images
+from fpt.tasks.base import TASKS, Task, TaskBudget, TaskData, TaskSpec, patchify_images
 from fpt.tasks.image_data import ImageData
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -107,6 +109,19 @@ class MNIST(Task):
     (torchvision Resize); `fit: pad` zero-pads 2 pixels on each side instead (lossless).
     """
 
+    budgets = {
+        # NOTE: MNIST on a frozen body underfits (train accuracy below test) at this length: without
+        # dropout, at a 3x higher peak rate decayed to 0 (cosine), it learns more per step than the
+        # paper's constant 1e-3 with dropout 0.1 (96.65% after 5,000 steps that way; docs/results.md).
+        "cpu": TaskBudget(steps=8000, eval_every=2000, target_accuracy=0.97,
+                          lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "gpu": TaskBudget(steps=4000, eval_every=1000, batch_size=64, target_accuracy=0.97,
+                          lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "paper": TaskBudget(steps=20_000, eval_every=1000, target_accuracy=0.98),
+    }
+    # cpu's recipe for a 12 x 768 body (MPNet, 6-8x MiniLM's step): 2,000 steps, the cosine decaying to 0 over
+    # them (a complete recipe, not a truncated cpu run); 48 minutes on the faster bf16 host
+    budgets["cpu-large"] = replace(budgets["cpu"], steps=2000, eval_every=500)
     options = {"patch_size": 4, "val_size": 5000, "fit": "resize"}
     data_folder = "mnist/"
     paper_column = "mnist"
@@ -213,6 +228,22 @@ class _CIFARBase(Task):
 class CIFAR10(_CIFARBase):
     """CIFAR-10, per-channel normalised, 4x4 RGB patches: 64 tokens of width 48, 10 classes."""
 
+    budgets = {
+        # NOTE: CIFAR-10 gets MNIST's recipe (same tokens, same underfitting frozen body): 8,000 steps are
+        # 5 epochs, where the paper trains 400,000 steps. On MNIST and CIFAR-10 the LSTM row's step is
+        # 3.5x FPT's: its runs take 75-95 minutes (91 and 94 on the slower bf16 host), the budget's
+        # one excess, kept so that every row of a task trains the same steps.
+        "cpu": TaskBudget(steps=8000, eval_every=2000, target_accuracy=0.68,
+                          lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "gpu": TaskBudget(steps=4000, eval_every=1000, batch_size=64, target_accuracy=0.68,
+                          lr=3e-3, lr_schedule="cosine", warmup_steps=200, dropout=0.0),
+        "paper": TaskBudget(steps=400_000, eval_every=10_000, target_accuracy=0.68),
+    }
+    # NOTE: cpu-large (MPNet): 2,000 steps at a peak of 1e-3, not cpu's 3e-3. At 3e-3 MPNet's pretrained
+    # body sat at chance (validation 10.7% and 10.3% at steps 500 and 1,000, training loss 2.30 = ln 10),
+    # where MiniLM's learns at that rate and MPNet's MNIST does too (why is not measured). At the paper's
+    # 1e-3 its training loss fell below 2.0 by step 300 (results/pretraining-mpnet-cpu-large/stopped/).
+    budgets["cpu-large"] = replace(budgets["cpu"], steps=2000, eval_every=500, lr=1e-3)
     options = {"patch_size": 4, "val_size": 5000, "augment": True, "test_size": None}
     paper_column = "cifar10"
 
@@ -233,6 +264,15 @@ class CIFAR10(_CIFARBase):
 class CIFAR10LRA(_CIFARBase):
     """CIFAR-10 as in LRA: grayscale, normalised with mean 0.5 and std 0.5, 1x1 patches: 1024 tokens of width 1."""
 
+    budgets = {
+        # NOTE: 1024 tokens a image: a step of 8 costs about 15 of MNIST's. Evaluated once, at the end, on
+        # 1,000 held-out and 2,000 test images (a fixed seeded subset of the 10,000; the report says so):
+        # the full test set alone would take most of the budget. Cannot converge here (paper: 3e5 steps).
+        "cpu": TaskBudget(steps=500, eval_every=500, batch_size=8, target_accuracy=0.38,
+                          task_options={"val_size": 1000, "test_size": 2000}),
+        "gpu": TaskBudget(steps=2000, eval_every=1000, target_accuracy=0.38),
+        "paper": TaskBudget(steps=600_000, eval_every=10_000, target_accuracy=0.38),
+    }
     options = {"patch_size": 1, "val_size": 5000, "augment": True, "test_size": None}
     paper_column = "cifar10_lra"
 
