@@ -43,3 +43,13 @@ def get_budget(name: str) -> dict[str, TaskBudget]:
     if name not in BUDGETS:
         raise FPTError(f"unknown budget {name!r}; choose from: {', '.join(BUDGETS)}")
     return {task: cls.budgets[name] for task, cls in TASKS.items() if name in cls.budgets}
+
+
+def budget_cells(budget: str | None) -> dict:
+    """The budget's cells by task; {} for no budget or an unknown one (a report of a hand-made sweep)."""
+    if not budget:
+        return {}
+    try:
+        return get_budget(budget)
+    except FPTError:
+        return {}

@@ -90,7 +90,8 @@ def _drawn(ax) -> bool:
 
 
 def test_learning_curves_fit_their_data(sweep):
-    from fpt.report import collect, learning_curve_figures
+    from fpt.figures import learning_curve_figures
+    from fpt.report import collect
 
     figures = learning_curve_figures(load_matrix(str(sweep / "matrix.yaml")), collect(sweep))
     assert set(figures) == {"bit-memory", "mnist"}  # listops has no evaluation: no figure
@@ -106,7 +107,8 @@ def test_learning_curves_fit_their_data(sweep):
 
 
 def test_steps_to_converge_draws_only_bars_with_data(sweep):
-    from fpt.report import collect, steps_to_converge_figure
+    from fpt.figures import steps_to_converge_figure
+    from fpt.report import collect
 
     fig, why = steps_to_converge_figure(load_matrix(str(sweep / "matrix.yaml")), collect(sweep), "cpu-large")
     assert fig is not None and why == ""

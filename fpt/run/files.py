@@ -125,3 +125,16 @@ def write_failure(e: Exception, run_dir: Path, step: int) -> str:
     if (run_dir / CHECKPOINT).exists():
         return f"{what}; the run stopped at step {step}, its last checkpoint is intact: make room, then --resume"
     return f"{what}; the run stopped at step {step} before its first checkpoint: make room, then {START_OVER}"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """A run's metrics.jsonl records; a line a killed run left cut short is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
