@@ -97,3 +97,41 @@ def test_tasks_never_import_the_training_code():
 def test_a_circle_is_caught():
     """The check itself: a planted circle is found."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
+
+
+#: The floors of docs/architecture.md, bottom first: a module may import its own floor and those below.
+FLOORS = [
+    ("fpt.errors", "fpt.core", "fpt.registry", "fpt.groups", "fpt.config"),
+    ("fpt.datasets", "fpt.checkpoint", "fpt.native", "fpt.fastops", "fpt.readout", "fpt.tblog"),
+    ("fpt.tasks", "fpt.backbones"),
+    ("fpt.bodies", "fpt.model", "fpt.lora", "fpt.features", "fpt.precision", "fpt.factory"),
+    ("fpt.run", "fpt.distributed"),
+    ("fpt.inference", "fpt.export", "fpt.bench", "fpt.budgets", "fpt.reproduce", "fpt.report", "fpt.figures",
+     "fpt.attention", "fpt.ray_sweep"),
+    ("fpt.commands", "fpt.cli", "fpt.__main__"),
+]
+
+
+def floor_of(module: str) -> int | None:
+    for i, prefixes in enumerate(FLOORS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((m, t) for m, targets in edges.items() for t in targets
+                  if floor_of(m) is not None and floor_of(t) is not None and floor_of(t) > floor_of(m))
+
+
+def test_every_module_has_a_floor():
+    assert [m for m in import_graph() if m != "fpt" and floor_of(m) is None] == []
+
+
+def test_imports_point_down():
+    assert upward_imports(import_graph()) == []
+
+
+def test_an_upward_import_is_caught():
+    assert upward_imports({"fpt.config": {"fpt.run.loop"}, "fpt.run.loop": {"fpt.config"}}) == \
+        [("fpt.config", "fpt.run.loop")]
