@@ -26,6 +26,8 @@ int fpt_short_attention_abi(void) { return 2; }
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "vec_exp.h"
+
 int fpt_short_attention_ok(void) { return 1; }
 
 typedef uint16_t bf16;
@@ -102,26 +104,6 @@ static void gemm(const bf16 *A, int64_t lda, int64_t aps, const bf16 *Bp, int M,
             else if (N - n >= 32) { mk_4_2(a, lda, aps, bp, N, K / 2, c, ldc); n += 32; }
             else { mk_4_1(a, lda, aps, bp, N, K / 2, c, ldc); n += 16; }
         }
-}
-
-/* exp for x <= 0 (softmax's shifted scores), 1-2 ulp: 2^n e^r with r in [-ln2/2, ln2/2] (Cephes' expf
-   polynomial); 0 below -87, where e^x leaves fp32's normal range (torch's exp keeps the subnormals there:
-   probabilities differ by under 1.2e-38). */
-static inline __m512 exp_nonpositive(__m512 x) {
-    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
 }
 
 /* 16 fp32 -> 16 bf16, round to nearest even (NaN-safe as the instruction is). */
