@@ -40,7 +40,7 @@ class TrainConfig:
 
     task: str = field(default="bit-xor", metadata={
         "help": "a registered task (`fpt tasks list`) or your own data as a task file, FILE.yaml "
-                "(format image_folder, csv or npz; fpt/tasks/custom.py)",
+                "(format image_folder, csv or npz; fpt/tasks/custom/)",
         "choices_from": "tasks"})
     model: str = field(default="fpt", metadata={
         "help": "the model (fpt/bodies.py): fpt, a transformer backbone as the body; lstm, the paper's LSTM baseline",

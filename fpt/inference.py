@@ -2,7 +2,7 @@
 
 A run directory holds config.yaml, checkpoint.pt (the trainable weights; the frozen body is rebuilt from the
 config and checked against the checkpoint's weights_sha256), result.json, and for a task file's run task.json
-(fpt/tasks/custom.py `CustomTask.encoding()`: the task file's settings, the sizes the model was built from,
+(fpt/tasks/custom/ `CustomTask.encoding()`: the task file's settings, the sizes the model was built from,
 the vocabulary or the class names), with which new inputs are read exactly as the training data was.
 
     run = fpt.load_run("runs/my-data")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:
     """Instantiate the registered task `name` with its options; a `.yaml` path is a custom task file."""
-    if name.endswith((".yaml", ".yml")):  # your own data (fpt/tasks/custom.py)
+    if name.endswith((".yaml", ".yml")):  # your own data (fpt/tasks/custom/)
         if patch_size is not None:
             raise FPTError("set patch_size inside the task file, not with --patch-size")
         return CustomTask(file=name, **options)

@@ -1,6 +1,6 @@
 """Images held in memory as uint8 (N, C, H, W): `ImageData`, and the augmentation its training batches use.
 
-Shared by the built-in image tasks (fpt/tasks/images.py) and image-folder task files (fpt/tasks/custom.py),
+Shared by the built-in image tasks (fpt/tasks/images.py) and image-folder task files (fpt/tasks/custom/),
 so neither task module imports the other.
 """
 from __future__ import annotations
