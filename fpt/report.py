@@ -187,7 +187,7 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
             if lr is not None and len({r['lr'] for r in rs}) > 1:
                 text += f" @lr {lr:g}"
             with_train = [r for r in done if r.get("train_accuracy_at_best") is not None]
-            cells[(row.name, task)] = {"text": text, "paper": paper_figure(row.paper_row, task),
+            cells[(row.name, task)] = {"text": text, "paper": paper_figure(row.paper_row, task) if row.covers(task) else "",
                                        "minutes": [r["wall_time_s"] / 60 for r in done if r.get("wall_time_s")],
                                        "train": [r["train_accuracy_at_best"] for r in with_train],
                                        "test": [cell_test_accuracy(r) for r in with_train]}
