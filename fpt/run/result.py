@@ -1,7 +1,6 @@
 """result.json: what one run did and measured, naming the body that actually ran."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -94,8 +93,3 @@ def export_backbone(exp: Experiment, folder: str) -> str:
     for f in Path(folder).iterdir():  # a folder to share: readable as any other (safetensors writes 0600)
         f.chmod(0o644)
     return str(folder)
-
-
-def result_is_finite(result: dict) -> bool:
-    acc = result.get("test_accuracy")
-    return acc is not None and math.isfinite(acc)

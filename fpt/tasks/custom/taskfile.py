@@ -63,33 +63,12 @@ VALUE_CHECKS = {
 }
 
 
-#: each key's check and what a value must be (one line naming key, value and file when it is not)
-VALUE_CHECKS = {
-    "num_classes": (_int_in(2, 1_000_000), "an integer from 2"),
-    "val_fraction": (_number_in(0, 1), "a number from 0 to below 1"),
-    "test_fraction": (_number_in(0, 1), "a number from 0 to below 1"),
-    "image_size": (_int_in(1, 4096), "an integer from 1 to 4096 (pixels a side)"),
-    "channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
-    "patch_size": (_int_in(1, 4096), "a positive integer"),
-    "max_len": (_int_in(1, 1_000_000), "a positive integer"),
-    "mean": (_numbers, "a list of numbers, one per channel"),
-    "std": (lambda v: _numbers(v) and all(x > 0 for x in v), "a list of positive numbers, one per channel"),
-    "tokenize": (lambda v: v in ("chars", "whitespace"), "chars or whitespace"),
-    "sequence_column": (lambda v: isinstance(v, str) and v != "", "a column name"),
-    "label_column": (lambda v: isinstance(v, str) and v != "", "a column name"),
-    "name": (lambda v: isinstance(v, (str, int)), "a name"),
-    **{k: (lambda v: isinstance(v, str) and v != "", "a path") for k in ("path", "train", "val", "test")},
-}
-
-
 def check_values(d: dict, path: Path) -> None:
     """Every key's value of the type it must have, before anything reads or allocates by it: `num_classes:
     two` or `image_size: big` is one line, not a traceback (or a 153 GB allocation) later."""
     for key, (ok, what) in VALUE_CHECKS.items():
         if key in d and d[key] is not None and not ok(d[key]):
             raise FPTError(f"task file {str(path)!r}: {key} must be {what}, got {d[key]!r}")
-    if not d.get("path") and not d.get("train"):
-        raise FPTError(f"task file {str(path)!r} needs path: (or train:)")
 
 
 def class_names(labels: list[str] | None) -> list[str]:
