@@ -7,8 +7,8 @@
 """
 __version__ = "0.1.0"
 
-from fpt.config import TrainConfig  # noqa: E402
-from fpt.errors import FPTError  # noqa: E402
+from fpt.core.config import TrainConfig  # noqa: E402
+from fpt.core.errors import FPTError  # noqa: E402
 
 
 def __getattr__(name):
@@ -26,7 +26,7 @@ def __getattr__(name):
 
         return build_experiment
     if name in ("build_fpt", "apply_trainable", "count_parameters", "format_counts", "parameter_groups"):
-        from fpt import model
+        from fpt.models import model
 
         return getattr(model, name)
     if name == "load_backbone":
@@ -38,7 +38,7 @@ def __getattr__(name):
 
         return load_run
     if name == "export_run":
-        from fpt.export import export_run
+        from fpt.inference.export import export_run
 
         return export_run
     if name == "build_task":

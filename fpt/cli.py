@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 # Each module defines `add_parser(subparsers)`, which registers its subcommand
 # and sets `func` (args -> exit code) as the parser default.

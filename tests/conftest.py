@@ -14,7 +14,7 @@ import torch
 from fpt.backbones.architectures import ARCHITECTURES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# `precision: auto` is fp32 in tests on every kind of host (fpt/precision.py), child processes included, so
+# `precision: auto` is fp32 in tests on every kind of host (fpt/models/precision.py), child processes included, so
 # that no test's numerics depend on whether this CPU has native bf16; tests of auto itself unset it
 os.environ["FPT_AUTO_PRECISION"] = "fp32"
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -44,10 +44,10 @@ def save_tiny_checkpoint(model_type: str, folder) -> str:
 
 
 def load_with_fast_ops(name: str, *, attn_implementation: str = "sdpa", **kwargs):
-    """`load_backbone`, then fpt's faster modules for `attn_implementation` (fpt/bodies.py `use_fast_ops`), as
+    """`load_backbone`, then fpt's faster modules for `attn_implementation` (fpt/models/bodies.py `use_fast_ops`), as
     a run builds its body."""
     from fpt.backbones import load_backbone
-    from fpt.bodies import use_fast_ops
+    from fpt.models.bodies import use_fast_ops
 
     backbone = load_backbone(name, attn_implementation=attn_implementation, **kwargs)
     use_fast_ops(backbone, attn_implementation)

@@ -12,9 +12,9 @@ import torch
 from fpt.backbones import load_backbone, mpnet
 from fpt.backbones.architectures import ARCHITECTURES
 from fpt.cli import main
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
-from fpt.model import build_fpt, count_parameters, parameter_groups
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
+from fpt.models.model import build_fpt, count_parameters, parameter_groups
 from fpt.tasks import build_task
 from fpt.run.experiment import build_experiment
 from fpt.run.step import loss_and_correct

@@ -24,7 +24,7 @@ import yaml
 
 import fpt
 from fpt.cli import main
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 MARKER = "PAYLOAD_RAN"
 
@@ -235,7 +235,7 @@ def test_the_lstm_row_records_the_lstm(tmp_path, capsys):
 
 
 def test_default_run_directories_differ_per_row():
-    from fpt.config import from_dict
+    from fpt.core.config import from_dict
 
     rows = [{}, {"model": "lstm"}, {"train": "all"}, {"train": "fpt,lora", "lora_r": 4}, {"init": "random"},
             {"layers": 3}]

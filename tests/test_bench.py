@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from fpt.bench import bench_fpt, bench_reference, count_flops, run_bench
+from fpt.bench import bench_fpt, bench_reference, run_bench
+from fpt.bench.measure import count_flops
 from fpt.cli import main
-from fpt.config import from_dict
+from fpt.core.config import from_dict
 from fpt.run.experiment import build_experiment
 
 
@@ -65,11 +66,11 @@ def test_reference_counts_the_same_flops_as_fpt_in_fp32(tiny_backbones, tmp_path
 def test_reference_is_built_without_fpts_levers(tiny_backbones, tmp_path, monkeypatch):
     """The reference is the paper's loop whatever fpt's loop is given: fp32, eager attention, every
     block in full, no feature cache, not compiled."""
-    import fpt.bench
+    import fpt.bench.loops
 
     built = []
-    real = fpt.bench.build_experiment
-    monkeypatch.setattr(fpt.bench, "build_experiment", lambda cfg: built.append(cfg) or real(cfg))
+    real = fpt.bench.loops.build_experiment
+    monkeypatch.setattr(fpt.bench.loops, "build_experiment", lambda cfg: built.append(cfg) or real(cfg))
     cfg = _cfg(tiny_backbones["bert"], tmp_path, precision="bf16", compile=True, compile_mode="reduce-overhead",
                attn_implementation="sdpa")
     bench_reference(cfg, steps=1, warmup=0, eval_batches=1, peak=1e12)
@@ -175,7 +176,7 @@ def test_time_to_accuracy_command(tiny_backbones, tmp_path, capsys):
 
 def test_time_to_accuracy_stops_a_diverging_run(tiny_backbones, tmp_path):
     from fpt.bench import train_to_accuracy
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     cfg = _cfg(tiny_backbones["bert"], tmp_path, steps=20, eval_every=10, lr=1e30, grad_clip=0.0)
     with pytest.raises(FPTError, match="diverged"):

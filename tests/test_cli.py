@@ -9,7 +9,7 @@ import pytest
 
 from fpt.cli import build_parser, main
 from fpt.commands.train import _worker_argv, config_from_args
-from fpt.config import TrainConfig
+from fpt.core.config import TrainConfig
 
 
 def _fails(argv, capsys, match):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fpt.cli import main
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks import TASKS, build_task
 from fpt.tasks import image_data
 from fpt.tasks import images as images_mod
@@ -245,7 +245,7 @@ def test_new_tasks_are_registered():
 @pytest.mark.parametrize("kind", ["tokens", "images"])
 def test_custom_tasks_train_end_to_end(tiny_backbones, tmp_path, kind):
     """A padded token task and an image task through the real training loop on a tiny GPT-2."""
-    from fpt.config import TrainConfig
+    from fpt.core.config import TrainConfig
     from fpt.run.launch import train
 
     if kind == "tokens":

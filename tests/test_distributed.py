@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fpt.cli import main
-from fpt.config import TrainConfig
+from fpt.core.config import TrainConfig
 from fpt.run.launch import train
 
 # dropout 0: dropout noise differs across world sizes (each rank draws its own masks)

@@ -117,13 +117,13 @@ def test_documented_command_works(doc, command, monkeypatch, capsys):
     if args.command in ("train", "describe", "bench"):
         _check_config(args)
     elif args.command == "reproduce":
-        import fpt.reproduce
+        import fpt.paper.reproduce
 
         def no_timing(runs):
             return [{"row": r.row.name, "task": r.task, "seed": r.seed, "lr": r.lr, "steps": r.config.steps,
                      "s_per_step": 0.0, "est_s": 0.0} for r in runs]
 
-        monkeypatch.setattr(fpt.reproduce, "estimate", no_timing)
+        monkeypatch.setattr(fpt.paper.reproduce, "estimate", no_timing)
         assert main([*argv, "--dry-run"] if "--dry-run" not in argv else argv) == 0, capsys.readouterr().err
         planned = re.search(r": (\d+) runs planned", capsys.readouterr().out)
         assert planned and int(planned.group(1)) > 0, f"plans no run: {command}"

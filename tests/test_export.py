@@ -13,7 +13,7 @@ import torch
 
 import fpt
 from fpt.cli import main
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 
 def _tiny(tiny_backbones) -> list[str]:

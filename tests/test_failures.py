@@ -313,9 +313,9 @@ def test_locked_run_dir_names_the_holder_and_is_never_stale(tiny_backbones, tmp_
 
 def test_sweep_folder_and_its_runs_are_locked(tiny_backbones, tmp_path, holder, capsys):
     """A second `fpt reproduce` on one --out stops in one line; a run another process holds is skipped by
-    the sweep and by a Ray task alike (fpt/ray_sweep.py runs `train_run`), and no error is recorded."""
-    from fpt.ray_sweep import _task
-    from fpt.reproduce import load_matrix, plan, train_run
+    the sweep and by a Ray task alike (fpt/paper/ray_sweep.py runs `train_run`), and no error is recorded."""
+    from fpt.paper.ray_sweep import _task
+    from fpt.paper.reproduce import load_matrix, plan, train_run
 
     matrix = tmp_path / "m.yaml"
     matrix.write_text(f"name: m\ntasks: [bit-xor]\ndefaults: {{backbone: {tiny_backbones['bert']}}}\n"

@@ -10,7 +10,7 @@ from conftest import load_with_fast_ops
 from fpt.backbones import load_backbone
 from fpt.backbones.architectures import ARCHITECTURES
 from fpt import fastops as fo
-from fpt import native
+from fpt.fastops import native
 from fpt.fastops import FPT_CPU, FastDropout, fast_dropout, hash_dropout, hash_keep_mask
 from fpt.fastops.projected_attention import ProjectedShortAttention, projections_fuse
 from fpt.fastops.short_attention_kernel import SHORT_ATTENTION
@@ -221,7 +221,7 @@ def test_fast_dropout_scales_and_is_identity_in_eval():
 def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
     """In eval mode (no dropout) the fast path computes exactly what transformers' eager attention does
     (the tiny Gemma: 24 tokens, past its sliding window of 16)."""
-    from fpt.bodies import HFBody
+    from fpt.models.bodies import HFBody
 
     x = torch.randn(3, 24, 64)
     outs = {}
@@ -239,7 +239,7 @@ def test_fast_path_matches_eager_without_dropout(tiny_backbones, model_type):
 @pytest.mark.parametrize("attn", ["eager", "sdpa", FPT_CPU])
 def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
     """What sits in padded positions must not change any real token's output, under every implementation."""
-    from fpt.bodies import HFBody
+    from fpt.models.bodies import HFBody
 
     body = HFBody(load_with_fast_ops(tiny_backbones[model_type], attn_implementation=attn), 12).eval()
     torch.manual_seed(0)
@@ -253,7 +253,7 @@ def test_padding_never_reaches_real_tokens(tiny_backbones, model_type, attn):
 def _eager_and_fpt_cpu_bodies(backbone_dir, lengths: list[int], padded: bool, bf16: bool):
     """A body's outputs and input gradients at the real tokens, {attn: tensor} for transformers' eager
     attention and fpt's CPU attention; three sequences of lengths[0] tokens, padded to `lengths` or not."""
-    from fpt.bodies import HFBody
+    from fpt.models.bodies import HFBody
 
     t = lengths[0]
     torch.manual_seed(0)
@@ -332,7 +332,7 @@ def test_fused_kernel_only_for_long_sequences_of_narrow_heads():
 
 def test_attention_weights_wanted_keeps_the_eager_path(tiny_backbones):
     from fpt import fastops
-    from fpt.bodies import HFBody
+    from fpt.models.bodies import HFBody
 
     body = HFBody(load_with_fast_ops(tiny_backbones["bert"], attn_implementation=FPT_CPU), 12).eval()
     weights = []

@@ -4,8 +4,8 @@ import torch
 
 from fpt.backbones import load_backbone
 from fpt.backbones.architectures import GROUPS, TRAINABLE_GROUPS
-from fpt.config import TrainConfig
-from fpt.model import apply_trainable, build_fpt, count_parameters, parameter_groups, parse_groups
+from fpt.core.config import TrainConfig
+from fpt.models.model import apply_trainable, build_fpt, count_parameters, parameter_groups, parse_groups
 from fpt.tasks import build_task
 from fpt.run.experiment import build_experiment
 from fpt.run.step import loss_and_correct

@@ -252,7 +252,7 @@ def test_tensorboard_writes_the_metrics(tiny_backbones, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(run))
     events.Reload()
-    from fpt.tblog import tag
+    from fpt.run.tblog import tag
 
     series = {tag(k) for k, v in records[0].items() if k != "step" and isinstance(v, (int, float))}
     assert {"train/loss", "train/accuracy", "train/lr", "val/accuracy", "val/loss", "time/elapsed_s"} <= series

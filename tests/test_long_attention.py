@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import load_with_fast_ops
 
 from fpt import fastops as fo
-from fpt import native
+from fpt.fastops import native
 from fpt.fastops import FPT_CPU
 from fpt.fastops.long_attention_kernel import (LONG_ATTENTION, LONG_ATTENTION_MAX_HEAD_DIM, LONG_ATTENTION_MIN_TOKENS,
                                                long_attention_fits, long_attention_kernels)
@@ -155,7 +155,7 @@ def test_long_attention_only_where_it_fits(dtype):
 def test_long_attention_flops_are_counted_as_its_matmuls(dtype):
     """torch's counter cannot see into the kernel: count_flops runs the eager math in its place, whose matmuls
     are the ones the kernel's FLOPs are priced as (two forward, four backward)."""
-    from fpt.bench import count_flops
+    from fpt.bench.measure import count_flops
 
     module = SimpleNamespace(training=True, is_causal=False)
     q, k, v = (torch.randn(1, 2, 160, 16).to(dtype).requires_grad_() for _ in range(3))
@@ -203,7 +203,7 @@ def test_long_attention_falls_back_to_the_eager_math_without_the_kernel(monkeypa
 def test_long_attention_in_the_models_is_the_eager_path(tiny_backbones, dtype, model_type):
     """A body in training (attention dropout 0.1) at 300 tokens with padding: the kernel gives the eager path's
     outputs and input gradients, dropout masks included (the same seeds, drawn in the same order)."""
-    from fpt.bodies import HFBody
+    from fpt.models.bodies import HFBody
 
     t = 300
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fpt.backbones import load_backbone
-from fpt.config import TrainConfig
-from fpt.model import count_parameters
+from fpt.core.config import TrainConfig
+from fpt.models.model import count_parameters
 from fpt.run.experiment import build_experiment
 from fpt.run.launch import train
 

@@ -1,4 +1,4 @@
-"""The last block computed at the read-out tokens only (fpt/readout.py) gives the full model's numbers."""
+"""The last block computed at the read-out tokens only (fpt/backbones/readout.py) gives the full model's numbers."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,7 @@ from conftest import load_with_fast_ops
 from fpt import fastops
 from fpt.backbones import load_backbone
 from fpt.backbones.architectures import ARCHITECTURES
-from fpt.model import apply_trainable, build_fpt
+from fpt.models.model import apply_trainable, build_fpt
 from fpt.tasks.base import TaskSpec
 
 SPECS = {
@@ -95,7 +95,7 @@ def test_rows_are_reset_after_a_failed_forward(tiny_backbones):
 @pytest.mark.parametrize("model_type", READS_ROWS)
 def test_rows_keep_lora_adapters(tiny_backbones, model_type):
     """LoRA adapters on the last block's layers (attention and feed-forward) take part at the read rows."""
-    from fpt.lora import add_lora
+    from fpt.models.lora import add_lora
 
     spec = SPECS["last 4 tokens"]
     models = []
@@ -126,8 +126,8 @@ def test_rows_keep_lora_adapters(tiny_backbones, model_type):
 def test_attention_maps_see_the_whole_last_block(tiny_backbones, model_type, tmp_path):
     """An experiment that reads rows still gives every layer's full (T, T) map: the maps run the last block
     at every token."""
-    from fpt.attention import attention_maps
-    from fpt.config import TrainConfig
+    from fpt.paper.attention import attention_maps
+    from fpt.core.config import TrainConfig
     from fpt.run.experiment import build_experiment
 
     exp = build_experiment(TrainConfig(task="bit-xor", backbone=tiny_backbones[model_type],

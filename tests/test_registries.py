@@ -11,7 +11,7 @@ from fpt.backbones import BACKBONES
 from fpt.backbones.architectures import ARCHITECTURES, linear_layer_types
 from fpt.commands.backbones import installable
 from fpt.commands.data import preparable
-from fpt.report import REFERENCE
+from fpt.paper.report import REFERENCE
 from fpt.tasks import TASKS
 
 
@@ -21,7 +21,7 @@ def test_every_architecture_has_a_tiny_test_config_and_an_attention_map_class():
                                   f"tests/conftest.py builds a tiny random model of every row from it")
         assert arch.attention_map_class in arch.attention, (
             f"architecture {name!r}: attention_map_class {arch.attention_map_class!r} is none of its attention "
-            f"classes; fpt/attention.py hooks it for attention maps")
+            f"classes; fpt/paper/attention.py hooks it for attention maps")
         linear_layer_types(arch)  # its linear_classes import
 
 
@@ -57,7 +57,7 @@ def test_a_new_task_is_one_file_and_one_registry_line(tmp_path, tiny_backbones, 
     other file touched: no budget, command or report table names it."""
     import torch
 
-    from fpt.budgets import TaskBudget
+    from fpt.paper.budgets import TaskBudget
     from fpt.cli import main
     from fpt.tasks import Batch, Task, TaskData, TaskSpec
 
@@ -99,18 +99,18 @@ def test_a_new_task_is_one_file_and_one_registry_line(tmp_path, tiny_backbones, 
 
 
 def test_every_model_row_names_its_default_groups():
-    """fpt/groups.py DEFAULT_TRAIN (what the config trains when --train is unset) covers exactly the rows."""
-    from fpt.bodies import MODELS
-    from fpt.groups import DEFAULT_TRAIN
+    """fpt/core/groups.py DEFAULT_TRAIN (what the config trains when --train is unset) covers exactly the rows."""
+    from fpt.models.bodies import MODELS
+    from fpt.core.groups import DEFAULT_TRAIN
 
     assert list(MODELS) == list(DEFAULT_TRAIN)
 
 
 def test_config_sits_at_the_bottom_of_the_import_graph():
-    """fpt/config.py validates a config without importing the modules that build models (or torch)."""
+    """fpt/core/config.py validates a config without importing the modules that build models (or torch)."""
     import subprocess
     import sys
 
-    code = "import sys, fpt.config; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fpt', 'torch'))))"
+    code = "import sys, fpt.core.config; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fpt', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert set(out) <= {"fpt", "fpt.config", "fpt.errors", "fpt.groups", "fpt.registry"}, out
+    assert set(out) <= {"fpt", "fpt.core", "fpt.core.config", "fpt.core.errors", "fpt.core.groups", "fpt.core.registry"}, out

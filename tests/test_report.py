@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fpt.reproduce import load_matrix
+from fpt.paper.reproduce import load_matrix
 
 MATRIX = """
 name: fake
@@ -53,12 +53,12 @@ def sweep(tmp_path):
 
 
 def test_train_test_gap_table_and_columns(sweep):
-    from fpt.report import CSV_FIELDS, report
+    from fpt.paper.report import CSV_FIELDS, report
 
     table = report(sweep)
     lines = table.splitlines()
     assert "| row | bit-memory | mnist |" in lines  # listops: no column of "not run" cells ...
-    assert "Not in budget cpu-large (fpt/budgets.py), so not run: listops." in lines  # ... but one note
+    assert "Not in budget cpu-large (fpt/paper/budgets.py), so not run: listops." in lines  # ... but one note
     assert "listops |" not in table and "not run: budget" not in table
     # the cell is the best-validation weights' test accuracy: 0.99 (old run) and 0.98 (new run)
     assert "| Alpha | 98.5 ± 0.7 (n=2) | 94.0 (n=1) † |" in lines
@@ -76,12 +76,12 @@ def test_train_test_gap_table_and_columns(sweep):
 
 
 def test_readme_block_lists_covered_tasks_and_one_note(sweep):
-    from fpt.report import readme_block
+    from fpt.paper.report import readme_block
 
     block = readme_block(sweep).splitlines()
     assert [line.split(":")[0] for line in block if line.startswith("| ") and "`" in line] == \
         ["| bit-memory", "| mnist"]
-    assert block[-2:] == ["", "Not in budget cpu-large (fpt/budgets.py), so not run: listops."]
+    assert block[-2:] == ["", "Not in budget cpu-large (fpt/paper/budgets.py), so not run: listops."]
 
 
 def _drawn(ax) -> bool:
@@ -90,8 +90,8 @@ def _drawn(ax) -> bool:
 
 
 def test_learning_curves_fit_their_data(sweep):
-    from fpt.figures import learning_curve_figures
-    from fpt.report import collect
+    from fpt.paper.figures import learning_curve_figures
+    from fpt.paper.report import collect
 
     figures = learning_curve_figures(load_matrix(str(sweep / "matrix.yaml")), collect(sweep))
     assert set(figures) == {"bit-memory", "mnist"}  # listops has no evaluation: no figure
@@ -107,8 +107,8 @@ def test_learning_curves_fit_their_data(sweep):
 
 
 def test_steps_to_converge_draws_only_bars_with_data(sweep):
-    from fpt.figures import steps_to_converge_figure
-    from fpt.report import collect
+    from fpt.paper.figures import steps_to_converge_figure
+    from fpt.paper.report import collect
 
     fig, why = steps_to_converge_figure(load_matrix(str(sweep / "matrix.yaml")), collect(sweep), "cpu-large")
     assert fig is not None and why == ""
@@ -125,7 +125,7 @@ def test_steps_to_converge_draws_only_bars_with_data(sweep):
 def test_report_writes_non_empty_figures_and_no_empty_plot(sweep, capsys):
     import matplotlib.image
 
-    from fpt.report import report
+    from fpt.paper.report import report
 
     report(sweep)
     for name in ("curves_bit-memory.png", "curves_mnist.png", "steps_to_converge.png"):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fpt.cli import main
-from fpt.reproduce import load_matrix, plan
+from fpt.paper.reproduce import load_matrix, plan
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_plan_covers_budget(tiny_matrix, tmp_path):
 
 
 def test_plan_keeps_selected_rows_and_tasks(tiny_matrix, tmp_path):
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     runs = plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o",
                 rows=["Random"], tasks=["bit-xor"])
@@ -44,7 +44,7 @@ def test_plan_keeps_selected_rows_and_tasks(tiny_matrix, tmp_path):
 
 
 def test_budget_recipe_reaches_configs_and_rows_win(tiny_matrix, tmp_path):
-    from fpt.budgets import get_budget
+    from fpt.paper.budgets import get_budget
 
     mnist = get_budget("cpu")["mnist"]
     runs = plan(load_matrix(str(tiny_matrix)), budget="cpu", seeds=1, out=tmp_path / "o", tasks=["mnist"])
@@ -102,7 +102,7 @@ def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
     assert "± " in table and "(n=2)" in table and "[paper: 100]" in table and "diverged" in table
     # every cell is a number or says why not; a task the budget covers for no row is one note, not a
     # column of "not run" cells; the majority baseline beside; train / test / gap; what the bodies were
-    assert "Not in budget smoke (fpt/budgets.py), so not run: mnist." in table and "mnist |" not in table
+    assert "Not in budget smoke (fpt/paper/budgets.py), so not run: mnist." in table and "mnist |" not in table
     majority = next(line for line in table.splitlines() if line.startswith("| majority class"))
     assert majority.split("|")[2].strip() not in ("", "–") and len(majority.split("|")) == 4
     assert "Train / test / gap" in table and (" / +" in table or " / -" in table)
@@ -137,9 +137,9 @@ def test_reproduce_end_to_end_and_rerun(tiny_matrix, tmp_path, capsys):
 @pytest.mark.parametrize("others", [0, 2])
 def test_dry_run_estimates_and_says_when_another_job_slowed_its_timing(tiny_matrix, tmp_path, capsys,
                                                                        monkeypatch, others):
-    import fpt.precision
+    import fpt.models.precision
 
-    monkeypatch.setattr(fpt.precision, "other_runnable_threads", lambda: others)
+    monkeypatch.setattr(fpt.models.precision, "other_runnable_threads", lambda: others)
     assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "estimated total" in out and "ms =" in out
@@ -172,7 +172,7 @@ def test_campaign_queue_lines_are_valid_reproduce_commands(tmp_path):
 
 
 def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_matrix, tmp_path, capsys):
-    from fpt.report import README_END, README_START, readme_block
+    from fpt.paper.report import README_END, README_START, readme_block
 
     out = tmp_path / "out"
     assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--out", str(out), "--quiet",
@@ -184,7 +184,7 @@ def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_m
     assert "stale" not in text and readme_block(out) in text and text.endswith("\n\nafter\n")
     # rows left out this time are queued: the same sweep without --rows runs them
     assert "| bit-xor: `fpt reproduce tiny --budget smoke --tasks bit-xor` | not run yet [100] | " in text
-    assert "| mnist: " not in text and "\n\nNot in budget smoke (fpt/budgets.py), so not run: mnist.\n" in text
+    assert "| mnist: " not in text and "\n\nNot in budget smoke (fpt/paper/budgets.py), so not run: mnist.\n" in text
     other = tmp_path / "OTHER.md"
     other.write_text("no block here\n")
     capsys.readouterr()
@@ -198,7 +198,7 @@ def test_readme_tables_are_the_committed_results():
     import re
     from pathlib import Path
 
-    from fpt.report import README_END, readme_block
+    from fpt.paper.report import README_END, readme_block
 
     root = Path(__file__).resolve().parent.parent
     text = (root / "README.md").read_text()
@@ -232,7 +232,7 @@ def test_cpu_large_budget_is_cpus_recipes_with_fewer_steps(tmp_path):
     """The 12 x 768 budget plans both compared rows on its four tasks with cpu's recipe (but for the peak
     rates it names), never more steps, the same steps for every row of a task; tasks it leaves out are
     listed as not covered."""
-    from fpt.budgets import get_budget
+    from fpt.paper.budgets import get_budget
 
     cpu, large = get_budget("cpu"), get_budget("cpu-large")
     assert set(large) == {"bit-xor", "bit-memory", "mnist", "cifar10"}
@@ -271,7 +271,7 @@ def test_report_works_on_committed_runs_moved_and_without_checkpoints(tiny_matri
 def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix, tmp_path):
     """Two hosts of one CPU name can differ 2x in bf16 rate, so wall times beside each other need it; a
     rate at another width is not the same figure, and a probe beside another job measured the load."""
-    from fpt.report import _run_notes, collect
+    from fpt.paper.report import _run_notes, collect
 
     amd, intel = {"cpu": "AMD EPYC", "native_bf16": True}, {"cpu": "Intel Xeon", "native_bf16": False}
     runs = [("pretrained/bit-xor/lr0.001-seed0", amd, "bf16", {"bf16_gflops": 898.1, "width": 384}),

@@ -10,9 +10,9 @@ import torch
 
 from fpt.backbones import load_backbone, redraw_from_statistics
 from fpt.cli import main
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
-from fpt.model import count_parameters, parameter_groups
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
+from fpt.models.model import count_parameters, parameter_groups
 from fpt.run.experiment import build_experiment
 from fpt.run.launch import train
 from fpt.run.step import evaluate, loss_and_correct
@@ -37,7 +37,7 @@ def _cfg(backbone, tmp_path, **kw):
 
 @pytest.mark.parametrize("row", ROWS)
 def test_row_learns_and_keeps_frozen_weights(row, tiny_backbones, tmp_path, monkeypatch):
-    monkeypatch.setattr("fpt.bodies.LSTM_WIDTH", 64)  # the paper's 768 is tested by `describe` below
+    monkeypatch.setattr("fpt.models.bodies.LSTM_WIDTH", 64)  # the paper's 768 is tested by `describe` below
     cfg = _cfg(tiny_backbones["gpt2"], tmp_path, **ROWS[row])
     exp = build_experiment(cfg)
     groups = parameter_groups(exp.model)

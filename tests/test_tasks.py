@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks import TASKS, build_task, patchify_images, patchify_sequence
 
 

@@ -1,8 +1,8 @@
-"""fpt/tblog.py: metrics records as grouped TensorBoard tags, and a run's hyperparameters for the HPARAMS
+"""fpt/run/tblog.py: metrics records as grouped TensorBoard tags, and a run's hyperparameters for the HPARAMS
 dashboard, read back with TensorBoard's own reader (no training: the writer alone)."""
 import pytest
 
-from fpt.tblog import ScalarLog, tag
+from fpt.run.tblog import ScalarLog, tag
 
 RECORDS = [
     {"step": 10, "train_loss": 0.7, "train_accuracy": 0.5, "val_accuracy": 0.6, "val_loss": 0.65, "lr": 1e-3,

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
 from fpt.run.launch import train
 
 

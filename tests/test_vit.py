@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fpt.attention import attention_maps
+from fpt.paper.attention import attention_maps
 from fpt.backbones import VIT_CONFIG, load_backbone
 from fpt.cli import main
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
-from fpt.bodies import HFBody
-from fpt.model import build_fpt, count_parameters, parameter_groups
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
+from fpt.models.bodies import HFBody
+from fpt.models.model import build_fpt, count_parameters, parameter_groups
 from fpt.tasks import build_task
 from fpt.run.experiment import build_experiment
 from fpt.run.launch import train

@@ -36,8 +36,8 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from fpt.bench import build_fpt_loop
-    from fpt.config import TrainConfig
+    from fpt.bench.loops import build_fpt_loop
+    from fpt.core.config import TrainConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="mnist")

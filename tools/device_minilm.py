@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fpt.backbones import BACKBONES  # noqa: E402
-from fpt.errors import FPTError  # noqa: E402
+from fpt.core.errors import FPTError  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch
 
 
 def _run(device: str, precision: str, run_dir: str, **overrides) -> dict:
-    from fpt.config import TrainConfig
+    from fpt.core.config import TrainConfig
     from fpt.run.launch import train
 
     settings = dict(task="bit-xor", backbone="gpt2", init="random", layers=2, steps=40, eval_every=40,
@@ -39,7 +39,7 @@ def _run(device: str, precision: str, run_dir: str, **overrides) -> dict:
 
 def _dtypes_after_bf16_build(device: str) -> dict:
     """Which dtypes a bf16 GPU experiment keeps its frozen and trainable weights in."""
-    from fpt.config import TrainConfig
+    from fpt.core.config import TrainConfig
     from fpt.run.experiment import build_experiment
 
     exp = build_experiment(TrainConfig(task="bit-xor", backbone="gpt2", init="random", layers=2,

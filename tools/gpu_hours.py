@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fpt.backbones import GPT2_SIZES  # noqa: E402
-from fpt.reproduce import load_matrix, plan  # noqa: E402
+from fpt.paper.reproduce import load_matrix, plan  # noqa: E402
 from fpt.tasks import build_task  # noqa: E402
 
 # One NVIDIA H100 SXM. fp32 is fpt's default precision (PyTorch keeps TF32 off for matmuls by default).

@@ -13,8 +13,9 @@ import torch
 
 
 def main() -> int:
-    from fpt.bench import _sync, _time, build_fpt_loop
-    from fpt.config import TrainConfig
+    from fpt.bench.loops import build_fpt_loop
+    from fpt.bench.measure import median_seconds as _time, sync as _sync
+    from fpt.core.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")

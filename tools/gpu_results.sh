@@ -20,11 +20,11 @@ export FPT_DATA=${FPT_DATA:-$OUT/data} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPAT
 mkdir -p "$OUT/parts" "$FPT_DATA"
 fpt() { "$PYTHON" -m fpt "$@"; }
 
-tasks=$("$PYTHON" -c "from fpt.reproduce import load_matrix; from fpt.budgets import get_budget
+tasks=$("$PYTHON" -c "from fpt.paper.reproduce import load_matrix; from fpt.paper.budgets import get_budget
 b = get_budget('$BUDGET'); print(' '.join(t for t in load_matrix('$MATRIX').tasks if t in b))") || exit 1
 FPT_DATA="$FPT_DATA" PYTHON="$PYTHON" SOURCE_DATA="$SOURCE_DATA" tools/prepare_data.sh $tasks  # before the rows' clock
 
-rows=${ROWS:-$("$PYTHON" -c "from fpt.reproduce import load_matrix; print(','.join(r.name for r in load_matrix('$MATRIX').rows))")}
+rows=${ROWS:-$("$PYTHON" -c "from fpt.paper.reproduce import load_matrix; print(','.join(r.name for r in load_matrix('$MATRIX').rows))")}
 IFS=',' read -ra row_list <<< "$rows"
 for row in "${row_list[@]}"; do
     slug=$(echo "$row" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')

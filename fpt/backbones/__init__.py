@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from fpt.backbones.architectures import ARCHITECTURES, Architecture, architecture_for
-from fpt.config import INITS
-from fpt.errors import FPTError, UnsafeFile
-from fpt.registry import Registry
+from fpt.core.config import INITS
+from fpt.core.errors import FPTError, UnsafeFile
+from fpt.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,7 @@ def _missing_weights(name: str, ref: str) -> FPTError:
 def load_backbone(name: str, *, init: str = "pretrained", dropout: float | None = None,
                   attn_implementation: str = "sdpa", seed: int = 0) -> Backbone:
     """Build the body of backbone `name` with `init` in pretrained | random | stats, as transformers has it
-    (fpt/bodies.py `use_fast_ops` then swaps in fpt's faster modules for `attn_implementation`)."""
+    (fpt/models/bodies.py `use_fast_ops` then swaps in fpt's faster modules for `attn_implementation`)."""
     from transformers import AutoModel
 
     if init not in INITS:

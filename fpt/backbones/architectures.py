@@ -17,8 +17,8 @@ from typing import Callable
 
 from torch import nn
 
-from fpt import readout
-from fpt.groups import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS  # noqa: F401  (the group names, fpt/groups.py)
+from fpt.backbones import readout
+from fpt.core.groups import FPT_GROUPS, GROUPS, TRAINABLE_GROUPS  # noqa: F401  (the group names, fpt/core/groups.py)
 
 
 def _gelu_new() -> tuple[type, ...]:
@@ -77,12 +77,12 @@ class Architecture:
     # cheaper dropout, the fused kernel at long lengths) may stand in for it
     standard_eager: bool = False
     norm_position: str = "post-LN"  # where each block's norms sit: post-LN (BERT, MPNet) or pre-LN (GPT-2, ...)
-    # -- what fpt's own code runs for it (fpt/readout.py, fpt/lora.py, fpt/model.py, fpt/attention.py) and the
+    # -- what fpt's own code runs for it (fpt/backbones/readout.py, fpt/models/lora.py, fpt/models/model.py, fpt/paper/attention.py) and the
     # tiny random model the tests build of it (tests/conftest.py) --
     row_block: readout.RowBlock | None = None  # its last block at the read-out rows only; None: in full
     linear_classes: tuple[str, ...] = ()  # import paths of its linear layers that are not nn.Linear
     fan_in_fan_out: bool = False  # those store their weight (in, out), as peft's LoRA must be told
-    attention_map_class: str = ""  # the attention class whose output holds its weights (fpt/attention.py)
+    attention_map_class: str = ""  # the attention class whose output holds its weights (fpt/paper/attention.py)
     # a tiny random model's config overrides; initializer_range 0.1 (not 0.02): a model this small needs larger
     # random weights for its frozen attention to single out positions at all
     tiny_config: dict = field(default_factory=dict, hash=False)
@@ -218,7 +218,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def architecture_for(model_type: str) -> Architecture:
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     if model_type not in ARCHITECTURES:
         raise FPTError(
@@ -249,7 +249,7 @@ def classify_body(model: nn.Module, arch: Architecture) -> dict[str, str]:
     Each parameter takes the group of its deepest classified ancestor module,
     so a LayerNorm inside an attention block is `layernorm`, not `attention`.
     """
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     module_group: dict[str, str] = {}
     for path in arch.positions:

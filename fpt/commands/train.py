@@ -11,7 +11,7 @@ import importlib
 import json
 import typing
 
-from fpt.config import TrainConfig, resolve
+from fpt.core.config import TrainConfig, resolve
 
 
 # Where a field's `choices_from` metadata is looked up: (module, attribute, how the help names them).
@@ -19,9 +19,9 @@ from fpt.config import TrainConfig, resolve
 CHOICE_SOURCES = {
     "tasks": ("fpt.tasks", "TASKS", "registered"),
     "backbones": ("fpt.backbones", "BACKBONES", "registered"),
-    "models": ("fpt.bodies", "MODELS", "choices"),
-    "groups": ("fpt.groups", "TRAINABLE_GROUPS", "groups"),
-    "lora_targets": ("fpt.groups", "LORA_TARGETS", "choices"),
+    "models": ("fpt.models.bodies", "MODELS", "choices"),
+    "groups": ("fpt.core.groups", "TRAINABLE_GROUPS", "groups"),
+    "lora_targets": ("fpt.core.groups", "LORA_TARGETS", "choices"),
 }
 
 
@@ -74,7 +74,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
     then refuses any of them that differs from the checkpoint's (but a larger --steps)."""
     from pathlib import Path
 
-    from fpt.config import load_yaml
+    from fpt.core.config import load_yaml
 
     run_dir = args.run_dir or (load_yaml(args.config).get("run_dir") if args.config else None)
     saved = (Path(run_dir) if run_dir else config_from_args(args).resolved_run_dir) / "config.yaml"
@@ -111,7 +111,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.distributed import check_nproc, env_rank, launch
+    from fpt.run.distributed import check_nproc, env_rank, launch
     from fpt.run.launch import train
 
     cfg = resume_config(args) if args.resume else config_from_args(args)

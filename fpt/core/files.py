@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 
 class WriteFailed(FPTError, OSError):

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 
 def cache_root() -> Path:
     """$FPT_CACHE, default ~/.cache/fpt: prepared backbones (fpt/backbones/cache.py), built CPU kernels
-    (fpt/native.py)."""
+    (fpt/fastops/native.py)."""
     return Path(os.environ.get("FPT_CACHE") or Path.home() / ".cache" / "fpt")
 
 
@@ -89,7 +89,7 @@ def device_name(device: torch.device) -> str:
 
 def host_kind() -> dict[str, object]:
     """The CPU a figure was measured on: its model name and whether it has native bf16 (AVX512-BF16 or
-    AMX), which decides bf16's speed several-fold (fpt/precision.py)."""
+    AMX), which decides bf16's speed several-fold (fpt/models/precision.py)."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

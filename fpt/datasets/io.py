@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:

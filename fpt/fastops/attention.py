@@ -41,7 +41,7 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     mask, registered for this implementation, sliding windows included; None also for a causal model
     without padding, whose module says `is_causal`). Only for architectures whose own
     eager attention is exactly this (Architecture.standard_eager). Returns (out (B, T, H, d), weights or
-    None); the weights feed the attention-map hooks of fpt/attention.py.
+    None); the weights feed the attention-map hooks of fpt/paper/attention.py.
     """
     if scaling is None:
         scaling = query.size(-1) ** -0.5

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from fpt import native
+from fpt.fastops import native
 from fpt.fastops.custom_ops import fused_op, opaque_op
 from fpt.fastops.swap import swap_modules
 
@@ -73,7 +73,7 @@ def run_hash_kernel(kernel, inputs: list[torch.Tensor], out_dtype: torch.dtype, 
 
 def draw_seed() -> int:
     """One 63-bit draw from torch's CPU generator: `torch.manual_seed`, checkpoints and the ranks'
-    dropout streams (fpt/distributed.py) decide every mask."""
+    dropout streams (fpt/run/distributed.py) decide every mask."""
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 

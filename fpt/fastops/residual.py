@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpt import native
+from fpt.fastops import native
 from fpt.fastops.custom_ops import fused_op
 from fpt.fastops.dropout import NATIVE_DTYPES, FastDropout, draw_seed, dropout_forward, dropout_seed, run_hash_kernel
 from fpt.fastops.swap import swap_forward

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from fpt import native
+from fpt.fastops import native
 from fpt.fastops.custom_ops import fused_op
 from fpt.fastops.dropout import draw_seed, drop_threshold, dropout_seed
 from fpt.fastops.switches import SWITCHES

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass
 class AttentionSwitches:
-    # always the eager path, which returns the attention weights (fpt/attention.py's maps)
+    # always the eager path, which returns the attention weights (fpt/paper/attention.py's maps)
     weights_wanted: bool = False
     # False: the eager math where short or long attention's C kernel would run (torch's FLOP counter sees only
     # matmuls)
@@ -45,7 +45,7 @@ def attention_weights_wanted():
 def eager_math_for_short_attention():
     """Within this block cpu_attention runs the eager math where it would run a C kernel (short or long
     attention): the same matmuls, which torch's FLOP counter sees (it cannot see into a C kernel;
-    fpt.bench.count_flops)."""
+    fpt.bench.measure.count_flops)."""
     return _switched(short_kernel=False)
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 
 from fpt.backbones import Backbone
-from fpt.factory import build_model
-from fpt.config import CUDA_GRAPH_MODES, TrainConfig
-from fpt.errors import FPTError
-from fpt.features import FeatureCache
-from fpt.model import FPT, store_frozen_matmul_weights
-from fpt.precision import autocast
-from fpt.precision import resolve as resolve_precision
+from fpt.models.factory import build_model
+from fpt.core.config import CUDA_GRAPH_MODES, TrainConfig
+from fpt.core.errors import FPTError
+from fpt.models.features import FeatureCache
+from fpt.models.model import FPT, store_frozen_matmul_weights
+from fpt.models.precision import autocast
+from fpt.models.precision import resolve as resolve_precision
 from fpt.tasks import TaskData, task_from_config
-from fpt.tblog import ScalarLog, summary_writer_class
+from fpt.run.tblog import ScalarLog, summary_writer_class
 from fpt.core.host import pick_device, seed_everything
 
 

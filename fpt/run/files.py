@@ -4,7 +4,7 @@ the one-line messages for a write that fails. What one run writes:
   config.yaml     the resolved config
   metrics.jsonl   one record per evaluation (train loss/accuracy since the last one, validation)
   checkpoint.pt   trainable weights (last and best-validation), optimizer and every RNG state, as tensors
-                  and plain data only (fpt/checkpoint.py: loading one never runs code)
+                  and plain data only (fpt/run/checkpoint.py: loading one never runs code)
   result.json     the final record (fpt/run/result.py): test accuracy measured once, at the end, on the
                   best-validation weights, the model `fpt evaluate` / `predict` / `load_run` use
 """
@@ -14,15 +14,15 @@ import contextlib
 import json
 from pathlib import Path
 
-from fpt.checkpoint import read_checkpoint
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
+from fpt.run.checkpoint import read_checkpoint
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
 from fpt.core.files import WriteFailed, hold_folder, write_text_atomic
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
-TASK = "task.json"  # a task file's run: what reading new inputs as its own needs (fpt/inference.py)
+TASK = "task.json"  # a task file's run: what reading new inputs as its own needs (fpt/inference/__init__.py)
 # Config keys a resumed run may change: they do not alter what was already computed.
 RESUMABLE_CHANGES = {"steps", "early_stop", "device", "run_dir", "eval_batch_size", "data_dir",
                      "export_backbone", "tensorboard"}

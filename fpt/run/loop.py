@@ -1,7 +1,7 @@
 """The training loop of one process, top to bottom: own the run directory, read the checkpoint (--resume),
 build, then `run`: optimizer and state (restored), the loop (validation and a checkpoint every eval_every
 steps, the best-validation weights kept beside the last), test once on the best weights, the result.
-Data-parallel training (fpt/distributed.py) runs these same functions with its own `OneProcess` hooks;
+Data-parallel training (fpt/run/distributed.py) runs these same functions with its own `OneProcess` hooks;
 the loop never imports it (fpt/run/launch.py picks)."""
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from fpt.checkpoint import rng_state, save_checkpoint, set_rng_state
-from fpt.config import TrainConfig, save_yaml
-from fpt.errors import FPTError
-from fpt.model import count_parameters, summarize_counts
+from fpt.run.checkpoint import rng_state, save_checkpoint, set_rng_state
+from fpt.core.config import TrainConfig, save_yaml
+from fpt.core.errors import FPTError
+from fpt.models.model import count_parameters, summarize_counts
 from fpt.run.experiment import Experiment, build_experiment, describe_precision
 from fpt.run.files import (CHECKPOINT, METRICS, RESULT, START_OVER, TASK, prepare_run_dir, resume_point,
                            truncate_metrics, write_failure)
 from fpt.run.progress import Progress
 from fpt.run.result import describe_body, export_backbone, result_record, trained_groups
 from fpt.run.step import ONE_PROCESS, OneProcess, evaluate, make_optimizer, scheduled_step
-from fpt.tblog import ScalarLog
+from fpt.run.tblog import ScalarLog
 from fpt.core.files import WriteFailed, write_json_atomic
 from fpt.core.host import device_name, keep_freed_cpu_memory
 
@@ -43,10 +44,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
 
 def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: bool = True,
-        processes: OneProcess = ONE_PROCESS) -> dict:
+        processes: OneProcess = ONE_PROCESS,
+        after_evaluation: Callable[[Experiment, dict], bool] | None = None) -> dict:
     """Train the built `exp` in `run_dir` (`ckpt`: the checkpoint a resumed run continues) and return the
     result record: optimizer and state, the loop (validating and checkpointing every eval_every steps, the
-    best-validation weights kept beside the last), then test, once, on the best-validation weights."""
+    best-validation weights kept beside the last), then test, once, on the best-validation weights.
+
+    `after_evaluation(exp, record)` runs after each evaluation's checkpoint; `True` ends the run as an early
+    stop (`fpt bench --time-to-accuracy` tests there and stops at its target)."""
     cfg, model, device = exp.cfg, exp.model, exp.device  # cfg's precision resolved (auto -> fp32 or bf16)
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,9 @@ def run(exp: Experiment, run_dir: Path, ckpt: dict | None = None, *, progress: b
                 if cfg.early_stop is not None and (record["val_accuracy"] or 0) >= cfg.early_stop:
                     status = "early_stopped"
                     break
+                if after_evaluation is not None and after_evaluation(exp, record):
+                    status = "early_stopped"
+                    break
     except (OSError, WriteFailed) as e:  # disk full, quota: metrics.jsonl or the checkpoint (rank 0 writes)
         raise FPTError(write_failure(e, run_dir, state["step"])) from None
     finally:
@@ -182,6 +190,6 @@ def _evaluate_and_log(exp: Experiment, state: dict, run_dir: Path, started: floa
     if processes.is_main:
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if exp.tensorboard is not None:  # the same scalars as TensorBoard events (fpt/tblog.py)
+        if exp.tensorboard is not None:  # the same scalars as TensorBoard events (fpt/run/tblog.py)
             exp.tensorboard.write(record)
     return record

@@ -73,13 +73,8 @@ def majority_accuracy(data: TaskData, split: str) -> float | None:
 
 
 def architecture(exp: Experiment) -> dict:
-    """What the body is: its kind, depth, width and heads (the table's notes cite it)."""
-    if exp.backbone is None:
-        body = exp.model.body
-        return {"kind": type(body).__name__, "layers": len(getattr(body, "lstms", [])), "width": exp.model.width}
-    config = exp.backbone.model.config
-    return {"kind": config.model_type, "layers": exp.backbone.num_layers, "width": exp.backbone.width,
-            "heads": getattr(config, "num_attention_heads", None), "norm": exp.backbone.arch.norm_position}
+    """What the body is, in its own words (`describe()`): kind, depth, width, heads, a one-line summary."""
+    return exp.model.body.describe()
 
 
 def export_backbone(exp: Experiment, folder: str) -> str:

@@ -1,12 +1,12 @@
 """One optimizer step and one evaluation pass (what `fpt train` runs and `fpt bench` times), and the
 points where the processes of a data-parallel run differ (`OneProcess`, each the plain single-process case;
-fpt/distributed.py's `Ranks` overrides them)."""
+fpt/run/distributed.py's `Ranks` overrides them)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.run.experiment import Experiment
 from fpt.tasks import Batch
 
@@ -57,7 +57,7 @@ def train_step(exp: Experiment, optimizer: torch.optim.Optimizer, batch: Batch) 
 
 class OneProcess:
     """The points where the processes of a data-parallel run differ, each as one process has it (nothing to
-    share, nothing to wait for). fpt/distributed.py's `Ranks` overrides every one (`train_data_parallel`)."""
+    share, nothing to wait for). fpt/run/distributed.py's `Ranks` overrides every one (`train_data_parallel`)."""
 
     is_main = True  # writes the run's files and shows progress
 

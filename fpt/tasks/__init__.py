@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec, patchify_images, patchify_sequence
 from fpt.tasks import bits  # noqa: F401  (registers bit-memory, bit-xor)
 from fpt.tasks import images  # noqa: F401  (registers mnist, cifar10, cifar10-lra)
@@ -13,7 +13,7 @@ from fpt.tasks import synthetic  # noqa: F401  (registers synthetic, for fpt ben
 from fpt.tasks.custom import CustomTask
 
 if TYPE_CHECKING:
-    from fpt.config import TrainConfig
+    from fpt.core.config import TrainConfig
 
 
 def build_task(name: str, *, patch_size: int | None = None, **options) -> Task:

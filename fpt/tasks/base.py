@@ -13,8 +13,8 @@ from typing import Iterator
 
 import torch
 
-from fpt.errors import FPTError
-from fpt.registry import Registry
+from fpt.core.errors import FPTError
+from fpt.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class TaskBudget:
-    """One task's cell of a compute budget (fpt/budgets.py): how long and with which recipe every row of a
+    """One task's cell of a compute budget (fpt/paper/budgets.py): how long and with which recipe every row of a
     matrix trains on it. Every row of one task gets the same cell (a row may pin its own learning rate)."""
 
     steps: int
@@ -47,7 +47,7 @@ class TaskBudget:
     batch_size: int = 32
     target_accuracy: float = 0.99  # "converged" for the steps-to-converge plot and the compute table
     task_options: dict | None = None  # e.g. smaller held-out sets for the synthetic tasks in `smoke`
-    precision: str | None = None  # None: the config's (auto: fpt/precision.py)
+    precision: str | None = None  # None: the config's (auto: fpt/models/precision.py)
     # the training recipe where a budget sets one; a matrix row's own lr (and --lr-sweep) still wins
     lr: float | None = None
     lr_schedule: str | None = None
@@ -82,7 +82,7 @@ class TaskData:
         self.sources: dict[str, str] = {}  # split -> its file, as messages name it: 'data/x.csv' (split val)
         self.validated = False  # by `validate`, or by a loader that checked each file as it read it
         # what encoding new inputs as a run's needs from its training data (a task file's vocabulary, classes
-        # and sizes): training keeps it in RUN_DIR/task.json, fpt/inference.py reads it; {} for built-in tasks
+        # and sizes): training keeps it in RUN_DIR/task.json, fpt/inference/__init__.py reads it; {} for built-in tasks
         self.encoding: dict = {}
 
     def model_ready(self, split: str) -> bool:
@@ -211,12 +211,12 @@ class Task:
     options: dict = {}
     #: Where `load` reads the task's files, under the data root (--data-dir, $FPT_DATA, ./data); None: generated.
     data_folder: str | None = None
-    #: The task's column in fpt/reference/paper_results.csv (fpt/report.py); None: no paper figure.
+    #: The task's column in fpt/paper/reference/paper_results.csv (fpt/paper/report.py); None: no paper figure.
     paper_column: str | None = None
     #: `fpt data prepare TASK`: a classmethod `prepare_data(data_dir, *, seed, sizes) -> str` that downloads,
     #: generates or checks the data and returns the line to print; None: nothing to prepare (generated tasks).
     prepare_data = None
-    #: `fpt reproduce` budget cells for this task, {budget name (fpt/budgets.py): TaskBudget}: its steps,
+    #: `fpt reproduce` budget cells for this task, {budget name (fpt/paper/budgets.py): TaskBudget}: its steps,
     #: evaluation and recipe in each budget that covers it, each with its reason beside it.
     budgets: dict = {}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, Task, TaskBudget, TaskData, TaskSpec, patchify_sequence
 
 EVAL_EXAMPLES = 1000

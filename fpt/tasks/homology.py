@@ -19,7 +19,7 @@ import torch
 
 from fpt.datasets import data_root, parse_int_labels, read_lmdb, read_table
 from fpt.datasets.readers import where
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, PaddedTokenData, Task, TaskBudget, TaskData, TaskSpec, pad_flat
 
 NUM_FOLDS = 1195

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fpt.datasets import (check_labels, data_root, download, find_first, load_cached, read_cifar_batches,
                           read_idx, save_cached)
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Task, TaskBudget, TaskData, TaskSpec, patchify_images
 from fpt.tasks.image_data import ImageData
 

@@ -24,7 +24,7 @@ import torch
 
 from fpt.datasets import data_root, load_cached, parse_int_labels, read_table, save_cached
 from fpt.datasets.readers import where
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, PaddedTokenData, Task, TaskBudget, TaskData, TaskSpec, pad_flat
 
 SPLITS = {"train": 96_000, "val": 2_000, "test": 2_000}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TASKS, Batch, Task, TaskData, TaskSpec
 
 

@@ -27,7 +27,7 @@ max_len: 512                # longer sequences are truncated
 A run keeps what reading new inputs as its own needs (`CustomTask.encoding()`: the task file's settings, the
 sizes the model was built with, the vocabulary or the class names) in RUN_DIR/task.json; with it,
 `CustomTask.as_run(...)` reads another task file, or inputs without labels, exactly as training read its
-data (fpt/inference.py: `fpt evaluate`, `fpt predict`, `fpt.load_run`).
+data (fpt/inference/__init__.py: `fpt evaluate`, `fpt predict`, `fpt.load_run`).
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from fpt.core.config import load_yaml
+from fpt.core.errors import FPTError
 from fpt.datasets import check_labels, parse_int_labels
 from fpt.datasets.readers import where
-from fpt.errors import FPTError
 from fpt.tasks.base import Batch, PaddedTokenData, Task, TaskData, TaskSpec
 from fpt.tasks.custom.csv import CsvFormat
 from fpt.tasks.custom.image_folder import ImageFolderFormat
@@ -80,13 +80,8 @@ class CustomTask(ImageFolderFormat, CsvFormat, NpzFormat, Task):
                                                                            self.spec.name, {}, {})
                 return
         path = Path(self.opts["file"] or "")
-        if not path.is_file():
-            raise FPTError(f"task file {str(path)!r} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise FPTError(f"task file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(d, dict) or d.get("format") not in FORMATS:
+        d = load_yaml(path, "task file")
+        if d.get("format") not in FORMATS:
             raise FPTError(f"task file {str(path)!r} needs format: one of {', '.join(FORMATS.names())}")
         unknown = sorted(set(d) - KEYS)
         if unknown:

@@ -9,7 +9,7 @@ import numpy as np
 
 from fpt.datasets import read_table
 from fpt.datasets.readers import where
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TaskSpec, pad_flat
 from fpt.tasks.custom.taskfile import FORMATS, IMAGE_SUFFIXES, class_names
 

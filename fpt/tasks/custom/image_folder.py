@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fpt.datasets.readers import where
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import Batch, TaskData, TaskSpec, patchify_images
 from fpt.tasks.custom.taskfile import FORMATS, IMAGE_SUFFIXES
 from fpt.tasks.image_data import ImageData, prepare_images

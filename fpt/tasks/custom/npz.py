@@ -10,7 +10,7 @@ import torch
 
 from fpt.datasets import check_labels
 from fpt.datasets.readers import first_row, where
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TaskSpec, patchify_sequence
 from fpt.tasks.custom.taskfile import FORMATS, IMAGE_SUFFIXES, SPLIT_NAMES
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fpt.errors import FPTError
-from fpt.registry import Registry
+from fpt.core.errors import FPTError
+from fpt.core.registry import Registry
 
 #: format name -> its class (fpt/tasks/custom/csv.py, npz.py, image_folder.py): how that format's data, new
 #: inputs and in-memory values are read. A new format is one file and one `FORMATS.register` line.

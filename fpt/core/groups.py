@@ -1,16 +1,16 @@
 """The names of what trains: parameter groups, LoRA targets, and each model row's default groups.
 
-At the bottom of the import graph (no torch), so fpt/config.py checks `train`, `lora_targets` and
-`model` without importing the modules that classify parameters (fpt/model.py,
-fpt/backbones/architectures.py), add adapters (fpt/lora.py) or build the rows (fpt/bodies.py).
+At the bottom of the import graph (no torch), so fpt/core/config.py checks `train`, `lora_targets` and
+`model` without importing the modules that classify parameters (fpt/models/model.py,
+fpt/backbones/architectures.py), add adapters (fpt/models/lora.py) or build the rows (fpt/models/bodies.py).
 """
 from __future__ import annotations
 
-from fpt.errors import FPTError
-from fpt.registry import Registry
+from fpt.core.errors import FPTError
+from fpt.core.registry import Registry
 
 #: Every parameter belongs to exactly one of these groups. `recurrent` is the LSTM baseline's
-#: body (fpt/bodies.py); `lora` holds LoRA adapters (fpt/lora.py). `unused` stays last.
+#: body (fpt/models/bodies.py); `lora` holds LoRA adapters (fpt/models/lora.py). `unused` stays last.
 GROUPS = ("input", "output", "positions", "layernorm", "attention", "feedforward", "recurrent", "lora",
           "unused")
 #: Groups a user may name in `--train` (`unused` is never trained: FPT does not read it).
@@ -20,7 +20,7 @@ FPT_GROUPS = ("input", "output", "positions", "layernorm")
 #: Groups whose linear layers may carry LoRA adapters.
 LORA_TARGETS = ("attention", "feedforward")
 
-#: Each model row's groups that learn when the config does not name them (the rows: fpt/bodies.py MODELS).
+#: Each model row's groups that learn when the config does not name them (the rows: fpt/models/bodies.py MODELS).
 DEFAULT_TRAIN: Registry[tuple[str, ...]] = Registry("model")
 DEFAULT_TRAIN.register("fpt", FPT_GROUPS)
 DEFAULT_TRAIN.register("lstm", TRAINABLE_GROUPS)

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from fpt.backbones import Backbone
-from fpt.config import TrainConfig, from_dict
-from fpt.errors import FPTError
-from fpt.model import FPT
+from fpt.core.config import TrainConfig, from_dict
+from fpt.core.errors import FPTError
+from fpt.models.model import FPT
 from fpt.tasks import Batch, Task, TaskData
 from fpt.tasks.base import PaddedTokenData, check_split
-from fpt.checkpoint import read_checkpoint
+from fpt.run.checkpoint import read_checkpoint
 from fpt.run.experiment import Experiment
 from fpt.run.files import CHECKPOINT, METRICS, RESUMABLE_CHANGES, TASK
 from fpt.run.step import evaluate
@@ -33,7 +33,7 @@ from fpt.run.step import evaluate
 SPLITS = ("train", "val", "test", "all")  # all: every example of the task's files, no split held out
 #: Which of a run's weights to use: those of its best validation step (what result.json reports), or its last.
 CHECKPOINTS = ("best", "last")
-#: `fpt export`'s folder (fpt/export.py writes it; load_run reads it): the trained tensors and the record
+#: `fpt export`'s folder (fpt/inference/export.py writes it; load_run reads it): the trained tensors and the record
 EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
 
 
@@ -84,7 +84,7 @@ class Run:
     @torch.inference_mode()
     def logits(self, data: TaskData, split: str = "input") -> torch.Tensor:
         """Logits (N, targets, classes), float32 on the CPU, for every example of `split`."""
-        from fpt.precision import autocast
+        from fpt.models.precision import autocast
 
         out = []
         for batch in data.eval_batches(split, self.cfg.eval_batch_size):
@@ -163,8 +163,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     (checked against the checkpoint's weights_sha256), the checkpoint's trainable weights on top, eval mode.
     `checkpoint`: best (the weights of the best validation step, whose test accuracy result.json reports;
     the default) or last. `batch_size`: examples per inference batch (default: the run's eval_batch_size)."""
-    from fpt.factory import build_model
-    from fpt.model import store_frozen_matmul_weights
+    from fpt.models.factory import build_model
+    from fpt.models.model import store_frozen_matmul_weights
     from fpt.tasks import task_from_config
     from fpt.tasks.custom import CustomTask, is_task_file
     from fpt.core.host import pick_device
@@ -224,7 +224,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto", batch_size: int | Non
     _load_trainable(model, weights, run_dir / CHECKPOINT)
     model.to(dev).eval()
     if cfg.precision == "auto":  # a run records the precision it resolved; auto only in a hand-made config
-        from fpt.precision import resolve
+        from fpt.models.precision import resolve
 
         cfg = cfg.replace(precision=resolve("auto", dev, model.width)[0])
     if cfg.precision == "bf16":  # as training stored them

@@ -25,8 +25,8 @@ import warnings
 
 import torch
 
-from fpt.config import PRECISIONS  # noqa: F401  (auto | fp32 | bf16: config's closed set)
-from fpt.errors import FPTError
+from fpt.core.config import PRECISIONS  # noqa: F401  (auto | fp32 | bf16: config's closed set)
+from fpt.core.errors import FPTError
 from fpt.core.files import write_json_atomic
 from fpt.core.host import cache_root, cpu_flags
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fpt.model import FPT
+from fpt.models.model import FPT
 
 
 class FeatureCache:

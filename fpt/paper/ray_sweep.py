@@ -12,8 +12,8 @@ Ray is an optional extra (`pip install 'fpt[ray]'`); fpt builds no scheduler of 
   the retry resumes the run from its last checkpoint. The run directories live under --out, so
   --out must be shared storage, visible at the same path on every node (each task checks); fpt and
   its data must be installed on every node.
-- Results: each task runs the same `fpt.reproduce.train_run` as a sequential sweep, into the same
-  run directories, so `fpt.report` makes the same results.csv and table.md from them.
+- Results: each task runs the same `fpt.paper.reproduce.train_run` as a sequential sweep, into the same
+  run directories, so `fpt.paper.report` makes the same results.csv and table.md from them.
 
 NOTE: FPT_RAY_DIE_AFTER_CHECKPOINT=<row>/<task>/<lr..-seed..> (a run directory under OUT/runs) is a
 fault injection for tests: the first attempt of that run kills its own worker process (SIGKILL)
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fpt.errors import FPTError
-from fpt.reproduce import PlannedRun, label, record_error, run_state, train_run
+from fpt.core.errors import FPTError
+from fpt.paper.reproduce import PlannedRun, label, record_error, run_state, train_run
 
 INSTALL = "pip install 'fpt[ray]'"
 CONNECT_TIMEOUT_S = 5.0

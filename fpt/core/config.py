@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from fpt.errors import FPTError
-from fpt.groups import DEFAULT_TRAIN, FPT_GROUPS, LORA_TARGETS, parse_groups
+from fpt.core.errors import FPTError
+from fpt.core.groups import DEFAULT_TRAIN, FPT_GROUPS, LORA_TARGETS, parse_groups
 
-# NOTE: this module sits at the bottom of the import graph (fpt.errors, fpt.groups, fpt.registry): the
-# closed sets a config checks are defined here or in fpt/groups.py, and the modules above import them.
-PRECISIONS = ("auto", "fp32", "bf16")  # fpt/precision.py: auto resolves to fp32 or bf16
+# NOTE: this module sits at the bottom of the import graph (fpt.core.errors, fpt.core.groups, fpt.core.registry): the
+# closed sets a config checks are defined here or in fpt/core/groups.py, and the modules above import them.
+PRECISIONS = ("auto", "fp32", "bf16")  # fpt/models/precision.py: auto resolves to fp32 or bf16
 INITS = ("pretrained", "random", "stats")  # the body's weights (fpt/backbones load_backbone)
 
 # `fpt bench`'s default rows: fpt's loop as `fpt train` runs it at the precision auto picks, and the same
@@ -43,7 +43,7 @@ class TrainConfig:
                 "(format image_folder, csv or npz; fpt/tasks/custom/)",
         "choices_from": "tasks"})
     model: str = field(default="fpt", metadata={
-        "help": "the model (fpt/bodies.py): fpt, a transformer backbone as the body; lstm, the paper's LSTM baseline",
+        "help": "the model (fpt/models/bodies.py): fpt, a transformer backbone as the body; lstm, the paper's LSTM baseline",
         "choices_from": "models"})
     backbone: str = field(default="minilm", metadata={
         "help": "a registered backbone (`fpt backbones list`) or a local Hugging Face checkpoint folder",
@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={
         "help": "auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N"})
     precision: str = field(default="auto", metadata={
-        "help": "auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/precision.py), else fp32; "
+        "help": "auto: bf16 where this device runs bf16 matmuls faster than fp32 (fpt/models/precision.py), else fp32; "
                 "bf16 is autocast: parameters and optimizer state stay fp32",
         "choices": PRECISIONS})
     # auto on the CPU is fpt's attention (fpt/fastops: eager math with cheaper dropout, torch's fused
@@ -105,7 +105,7 @@ class TrainConfig:
         "choices": ATTN_IMPLEMENTATIONS})
     # about 1/7 less work for MiniLM on MNIST
     last_block_at_readout: bool = field(default=True, metadata={
-        "help": "compute the last block only at the tokens the output layer reads (fpt/readout.py; the same "
+        "help": "compute the last block only at the tokens the output layer reads (fpt/backbones/readout.py; the same "
                 "math, less work); off for attention maps of the whole last block"})
     # 7-9% a step at 64 tokens on the 2-core CPU
     compile: bool = field(default=False, metadata={
@@ -279,16 +279,17 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, v, known[k].type) for k, v in values.items()})
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's mapping; a missing file, bad YAML or another shape is one line naming `what` it is."""
     p = Path(path)
     if not p.is_file():
-        raise FPTError(f"config file {str(p)!r} does not exist")
+        raise FPTError(f"{what} {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise FPTError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from e
+        raise FPTError(f"{what} {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
-        raise FPTError(f"config file {str(p)!r} must hold a mapping of keys to values")
+        raise FPTError(f"{what} {str(p)!r} must hold a mapping of keys to values")
     return data
 
 

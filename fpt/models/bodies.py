@@ -4,9 +4,9 @@
         its first N residual blocks; `--lora-r R` adds peft LoRA adapters)
   lstm  the paper's LSTM baseline: 3 layers of width 768 with layer norm, fully trained
 
-Every row has the same input and output layers (fpt/model.py `FPT`); a row only
+Every row has the same input and output layers (fpt/models/model.py `FPT`); a row only
 builds the body (HFBody or LSTMBody, here) and says which groups train by default
-(fpt/groups.py DEFAULT_TRAIN). Each body names its own parameters' groups (`parameter_groups`).
+(fpt/core/groups.py DEFAULT_TRAIN). Each body names its own parameters' groups (`parameter_groups`).
 Each row is one registry entry, so `build_model` has no if-chain over row names.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fpt import readout
+from fpt.backbones import readout
 from fpt.backbones import Backbone, load_backbone
 from fpt.backbones.architectures import classify_body
-from fpt.errors import FPTError
-from fpt.lora import lora_parameter_names
-from fpt.registry import Registry
+from fpt.core.errors import FPTError
+from fpt.models.lora import lora_parameter_names
+from fpt.core.registry import Registry
 
 LSTM_WIDTH = 768  # the paper's LSTM baseline
 LSTM_LAYERS = 3
@@ -62,6 +62,11 @@ class LSTMBody(nn.Module):
             h = h + self.dropout(out)
         return self.final_norm(h)  # (B, T, D)
 
+    def describe(self) -> dict:
+        """What this body is, for the run's record and the report's notes (which never test class names)."""
+        return {"kind": type(self).__name__, "layers": len(self.lstms), "width": self.width,
+                "summary": f"LSTM, {len(self.lstms)} layers x {self.width}"}
+
     def parameter_groups(self) -> dict[str, str]:
         """Parameter name -> group, by module: LSTM cells are `recurrent`, norms `layernorm`."""
         groups = {}
@@ -91,10 +96,20 @@ class HFBody(nn.Module):
         if self.arch.add_positions:
             self.positions = nn.Embedding(seq_len, self.width)
             nn.init.normal_(self.positions.weight, std=0.02)
-        # the last block at the read-out tokens only (fpt/readout.py); False where it has no such path
+        # the last block at the read-out tokens only (fpt/backbones/readout.py); False where it has no such path
         row_block = readout.install(self.last_block, self.arch.row_block) if last_block_at_readout else None
         self.reads_rows = row_block is not None
         self.rows_keep_length = self.reads_rows and row_block.keeps_length  # GPT-2: the rows gathered here
+
+    def describe(self) -> dict:
+        """What this body is, for the run's record and the report's notes (which never test class names)."""
+        config = self.model.config
+        layers = len(self.model.get_submodule(self.arch.layers))
+        heads = getattr(config, "num_attention_heads", None)
+        return {"kind": config.model_type, "layers": layers, "width": self.width, "heads": heads,
+                "norm": self.arch.norm_position,
+                "summary": f"{config.model_type} ({self.arch.norm_position}), {layers} layers x {self.width}"
+                           + (f", {heads} heads" if heads else "")}
 
     @contextlib.contextmanager
     def full_last_block(self):
@@ -218,7 +233,7 @@ def use_fast_ops(backbone: Backbone, attn_implementation: str) -> None:
 
 
 def _build_transformer(cfg, spec):
-    from fpt.lora import add_lora
+    from fpt.models.lora import add_lora
 
     attn_implementation = resolve_attention(cfg)
     backbone = load_backbone(cfg.backbone, init=cfg.init, dropout=cfg.dropout,

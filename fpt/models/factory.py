@@ -1,11 +1,11 @@
-"""A config's model row built: the body its MODELS entry makes (fpt/bodies.py), inside the FPT model
-(fpt/model.py) with exactly cfg.train learning. Above both, so that neither imports the other's builder."""
+"""A config's model row built: the body its MODELS entry makes (fpt/models/bodies.py), inside the FPT model
+(fpt/models/model.py) with exactly cfg.train learning. Above both, so that neither imports the other's builder."""
 from __future__ import annotations
 
 import torch
 
-from fpt.bodies import MODELS
-from fpt.model import FPT, apply_trainable
+from fpt.models.bodies import MODELS
+from fpt.models.model import FPT, apply_trainable
 
 
 def build_model(cfg, spec):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fpt import fastops
-from fpt.errors import FPTError, UnsafeFile
+from fpt.core.errors import FPTError, UnsafeFile
 
 
 @torch.inference_mode()
@@ -41,7 +41,7 @@ def attention_maps(exp, x: torch.Tensor) -> torch.Tensor:
                 if "output_attentions" in inspect.signature(type(m).forward).parameters]
     exp.model.eval()
     try:
-        # every row of the last block too (fpt/readout.py would run it at the read-out rows only); and the
+        # every row of the last block too (fpt/backbones/readout.py would run it at the read-out rows only); and the
         # eager math, which fpt's CPU attention would leave for SDPA at long lengths
         with body.full_last_block(), fastops.attention_weights_wanted():
             exp.model(x.to(exp.device))
@@ -66,8 +66,8 @@ def input_bit_mass(maps: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 def load_trained(result_path: Path):
     """Rebuild a finished run with eager attention and its trained weights."""
-    from fpt.checkpoint import read_checkpoint
-    from fpt.config import from_dict
+    from fpt.run.checkpoint import read_checkpoint
+    from fpt.core.config import from_dict
     from fpt.run.experiment import build_experiment
 
     checkpoint = result_path.parent / "checkpoint.pt"

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fpt import readout
+from fpt.backbones import readout
 from fpt.backbones import Backbone
 from fpt.backbones.architectures import linear_layer_types
-from fpt.bodies import HFBody  # noqa: F401  (also fpt.model's API, where it lived)
-from fpt.errors import FPTError
-from fpt.groups import GROUPS, parse_groups  # noqa: F401  (parse_groups: fpt.model's API)
+from fpt.models.bodies import HFBody  # noqa: F401  (also fpt.models.model's API, where it lived)
+from fpt.core.errors import FPTError
+from fpt.core.groups import GROUPS, parse_groups  # noqa: F401  (parse_groups: fpt.models.model's API)
 from fpt.tasks.base import TaskSpec
 
 INPUT_INIT_GAIN = 1.41  # the paper's orthogonal init gain for the new input layer

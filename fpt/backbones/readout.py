@@ -11,7 +11,7 @@ BERT's, MPNet's, ViT's and Gemma 3's blocks return the K rows; GPT-2's returns a
 computed, the others its input unchanged), because GPT2Model reshapes the last block's output to
 (B, T, D) after its final norm; the body then gathers the read rows after that norm.
 
-Off where all of the last block's attention is wanted (the attention maps of fpt/attention.py), and
+Off where all of the last block's attention is wanted (the attention maps of fpt/paper/attention.py), and
 for architectures or configs without a row-wise block here (no `Architecture.row_block`, or
 `RowBlock.covers` says no: their last block runs in full).
 """

@@ -5,7 +5,7 @@ its tasks, and its rows, each a set of TrainConfig keys. Every run lives in
 `OUT/runs/<row>/<task>/lr<lr>-seed<seed>/`; a rerun skips runs that have a
 result and resumes runs that have a checkpoint, so a killed sweep continues
 where it stopped. Diverged runs are recorded (status "diverged", last good
-accuracy) and the sweep goes on. Reports are made by `fpt.report` from the
+accuracy) and the sweep goes on. Reports are made by `fpt.paper.report` from the
 run directories alone.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from fpt.budgets import TaskBudget, get_budget
-from fpt.config import TrainConfig, from_dict
-from fpt.errors import FPTError
+from fpt.paper.budgets import TaskBudget, get_budget
+from fpt.core.config import TrainConfig, from_dict
+from fpt.core.errors import FPTError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MATRIX_KEYS = {"name", "description", "paper_table", "tasks", "rows", "defaults"}
 ROW_KEYS = {"name", "paper_row", "config", "tasks"}
 
@@ -191,7 +191,7 @@ def train_run(run: PlannedRun, *, progress: bool = True) -> str:
     partial run resumes from its checkpoint; one without a checkpoint starts over (what an attempt killed
     before its first checkpoint left is deleted). Failures are recorded in the run directory (result.json
     for a diverged run, error.json otherwise), never raised, so a sweep goes on. Used by `execute` and by
-    every Ray task (fpt/ray_sweep.py).
+    every Ray task (fpt/paper/ray_sweep.py).
     """
     from fpt.run.launch import train
     from fpt.core.files import FolderBusy, hold_folder
@@ -237,9 +237,9 @@ def estimate(runs: list[PlannedRun], *, timed_steps: int = 3) -> list[dict]:
     """
     import torch
 
-    from fpt.factory import build_model
-    from fpt.precision import autocast
-    from fpt.precision import resolve as resolve_precision
+    from fpt.models.factory import build_model
+    from fpt.models.precision import autocast
+    from fpt.models.precision import resolve as resolve_precision
     from fpt.tasks import task_from_config
     from fpt.run.step import loss_and_correct
     from fpt.core.host import pick_device

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 from fpt.inference import EXPORT_CONFIG as CONFIG
 from fpt.inference import EXPORT_WEIGHTS as WEIGHTS

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fpt.errors import FPTError, UnsafeFile
+from fpt.core.errors import FPTError, UnsafeFile
 
 FORMAT = 2  # 2: RNG states as plain data, best-validation weights beside the last
 # what a format-1 checkpoint (numpy's RNG state as an ndarray) needs beyond torch's allowlist

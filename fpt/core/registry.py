@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import json
 import weakref
 from pathlib import Path
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 
 MISSING = "--tensorboard needs the tensorboard package: pip install 'fpt[tensorboard]'"
 SPLITS = ("train", "val", "test")

@@ -4,7 +4,7 @@
 A budget gives each task its training length, evaluation interval and recipe, and says which tasks it
 covers: a matrix cell whose task a budget does not cover is listed as skipped, never silently dropped.
 Every row of one task gets the same budget (a row may pin its own learning rate: the LSTM's 3e-4, the
-Full transformer's). Precision is the config's `auto` everywhere (fpt/precision.py): bf16 where the
+Full transformer's). Precision is the config's `auto` everywhere (fpt/models/precision.py): bf16 where the
 device runs it faster, fp32 elsewhere.
 
 - smoke: minutes on a 2-core CPU (CI runs it): the two bit tasks, a few dozen steps.
@@ -22,7 +22,7 @@ device runs it faster, fp32 elsewhere.
 """
 from __future__ import annotations
 
-from fpt.errors import FPTError
+from fpt.core.errors import FPTError
 from fpt.tasks.base import TaskBudget  # noqa: F401  (where matrices and tests have always found it)
 
 #: The budgets, each with what it is for. Each task's cells live on its registry entry (`Task.budgets`,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from fpt.errors import FPTError
-from fpt.groups import LORA_TARGETS  # noqa: F401  (groups whose linear layers may carry adapters)
+from fpt.core.errors import FPTError
+from fpt.core.groups import LORA_TARGETS  # noqa: F401  (groups whose linear layers may carry adapters)
 
 
 def add_lora(model: nn.Module, arch, *, r: int, targets: tuple[str, ...], alpha: float | None = None) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from fpt.budgets import budget_cells
+from fpt.paper.budgets import budget_cells
 from fpt.run.files import read_metrics
 
 

@@ -5,8 +5,8 @@ and OUT/matrix.yaml; writes OUT/results.csv, OUT/table.md and PNG plots.
 A cell's test accuracy is that of the best-validation weights; beside it, the
 training accuracy at the same step and the gap between the two.
 Nothing here trains, and no figure is typed by hand: ours come from the run
-files, the paper's from fpt/reference/paper_results.csv. The tables and curves
-need the run files alone; the attention figures (fpt/attention.py `TASK_FIGURES`: Bit
+files, the paper's from fpt/paper/reference/paper_results.csv. The tables and curves
+need the run files alone; the attention figures (fpt/paper/attention.py `TASK_FIGURES`: Bit
 XOR's attention maps) may rebuild its trained models, where their checkpoints
 are on this machine, and are skipped where they are not.
 """
@@ -18,9 +18,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fpt.budgets import budget_cells
-from fpt.errors import FPTError
-from fpt.figures import plot_learning_curves, plot_steps_to_converge
+from fpt.paper.budgets import budget_cells
+from fpt.core.errors import FPTError
+from fpt.paper.figures import plot_learning_curves, plot_steps_to_converge
 from fpt.run.files import read_metrics
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
@@ -79,7 +79,8 @@ def collect(out: Path) -> list[dict]:
             rec.update({k: res.get(k) for k in CSV_FIELDS if k in res and k != "run_dir"})  # where it is now
             rec["train"] = ",".join(res.get("train", []))
             rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "precision_auto", "data_notes",
-                                                 "majority_test_accuracy", "best_step")})
+                                                 "majority_test_accuracy", "best_step", "param_groups",
+                                                 "weights_sha256")})
             train = res.get("train_accuracy_at_best")  # where the run recorded it, else from its metrics
             if train is None:
                 train = train_accuracy_at_best(run_dir, res)
@@ -95,7 +96,7 @@ def collect(out: Path) -> list[dict]:
 
 
 def _load_matrix(out: Path):
-    from fpt.reproduce import load_matrix
+    from fpt.paper.reproduce import load_matrix
 
     path = out / "matrix.yaml"
     if not path.exists():
@@ -147,7 +148,7 @@ def shown_tasks(matrix, records: list[dict], budget: str | None) -> tuple[list[s
 
 
 def _left_out_note(budget: str | None, left_out: list[str]) -> str:
-    return f"Not in budget {budget} (fpt/budgets.py), so not run: {', '.join(left_out)}." if left_out else ""
+    return f"Not in budget {budget} (fpt/paper/budgets.py), so not run: {', '.join(left_out)}." if left_out else ""
 
 
 def summarize(matrix, records: list[dict], budget: str | None) -> dict:
@@ -200,22 +201,32 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
     return {"cells": cells, "majority": majority, "notes": notes, "tasks": tasks, "left_out": left_out}
 
 
+def _body_summary(a: dict) -> str:
+    """A record's body in its own words (`describe()`'s summary), or, in records written before bodies
+    described themselves, the same words made from its fields."""
+    if a.get("summary"):
+        return a["summary"]
+    kind = a["kind"].removesuffix("Body")
+    return (f"{kind}" + (f" ({a['norm']})" if a.get("norm") else "") + f", {a['layers']} layers x {a['width']}"
+            + (f", {a['heads']} heads" if a.get("heads") else ""))
+
+
 def _run_notes(matrix, records: list[dict]) -> list[str]:
     """What a reader must know to trust the numbers: each row's body, the hosts, data subsets."""
     notes = []
     for row in matrix.rows:
         mine = [r for r in records if r["row_slug"] == row.slug and r.get("architecture")]
-        for a in sorted({json.dumps(r["architecture"], sort_keys=True) for r in mine}):
-            a = json.loads(a)
-            groups = set(",".join(r["train"] for r in mine if r.get("train")).split(","))
-            trained = "every weight trained" if {"attention", "feedforward"} <= groups or a["kind"] == "LSTMBody" \
-                else f"training {','.join(sorted(groups))}, the rest frozen"
-            if a["kind"] == "LSTMBody":
-                notes.append(f"- {row.name}: LSTM, {a['layers']} layers x {a['width']}; {trained}.")
-                continue
-            inits = ", ".join(sorted({r["init"] for r in mine if r.get("init")}))
-            notes.append(f"- {row.name}: {a['kind']} ({a.get('norm', '')}), {a['layers']} layers x {a['width']}"
-                         + (f", {a['heads']} heads" if a.get("heads") else "") + f"; {inits} init; {trained}.")
+        for body in sorted({_body_summary(r["architecture"]) for r in mine}):
+            runs = [r for r in mine if _body_summary(r["architecture"]) == body]
+            # the records say what trained (param_groups) and whether weights were loaded (weights_sha256 "none": none)
+            # every group of the body trains ("unused" never runs; positions train their first seq_len rows)
+            every = all(c.get("trainable") for r in runs for g, c in (r.get("param_groups") or {}).items()
+                        if g != "unused" and c.get("total"))
+            groups = sorted({g for r in runs for g, c in (r.get("param_groups") or {}).items() if c.get("trainable")})
+            trained = "every weight trained" if every else f"training {','.join(groups)}, the rest frozen"
+            inits = ", ".join(sorted({"random" if r.get("weights_sha256") == "none" else r.get("init", "?")
+                                      for r in runs}))
+            notes.append(f"- {row.name}: {body}; {inits} init; {trained}.")
     # host -> probe width -> the bf16 matmul rates its runs measured: hosts of one name differ 2x (wall
     # times too); rates at different widths are not comparable, and a contended probe measured the load
     hosts: dict[str, dict] = {}
@@ -284,7 +295,7 @@ def write_table(matrix, records: list[dict], path: Path, *, budget: str | None =
     lines += ["Test accuracy (%) of the best-validation weights, mean ± std over seeds (n = seeds); "
               "[paper: figure] is the paper's. "
               "† not converged: no seed's validation accuracy reached the budget's target"
-              + (f" (budget {budget}, fpt/budgets.py)" if budget else "")
+              + (f" (budget {budget}, fpt/paper/budgets.py)" if budget else "")
               + ". Learning rate chosen per cell on validation accuracy where several were run.", ""]
     if summary["left_out"]:
         lines += [_left_out_note(budget, summary["left_out"]), ""]
@@ -363,10 +374,10 @@ def report(out: Path, *, budget: str | None = None) -> str:
     rows_by_slug = {r.slug: r for r in matrix.rows}
     write_csv(records, rows_by_slug, out / "results.csv")
     table = write_table(matrix, records, out / "table.md", budget=budget)
-    plot_learning_curves(matrix, records, out)  # fpt/figures.py
+    plot_learning_curves(matrix, records, out)  # fpt/paper/figures.py
     plot_steps_to_converge(matrix, records, out, budget)
     if {"bit-xor", "mnist"} & set(matrix.tasks):  # attention figures: rebuilt from checkpoints, where present
-        from fpt.attention import TASK_FIGURES
+        from fpt.paper.attention import TASK_FIGURES
 
         for task in matrix.tasks:
             draw = TASK_FIGURES.get(task)

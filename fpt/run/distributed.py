@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import torch
 
-from fpt.config import TrainConfig
-from fpt.errors import FPTError
+from fpt.core.config import TrainConfig
+from fpt.core.errors import FPTError
 from fpt.tasks import Batch, TaskData
 from fpt.run.experiment import Experiment, build_experiment
 from fpt.run.files import prepare_run_dir, resume_point

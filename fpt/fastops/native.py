@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fpt.core.host import cache_root, cpu_flags
 
-SOURCE_DIR = Path(__file__).parent / "csrc"
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 CFLAGS = ["-O3", "-march=native", "-std=c11", "-shared", "-fPIC"]
 
 
