@@ -99,11 +99,16 @@ def test_a_new_task_is_one_file_and_one_registry_line(tmp_path, tiny_backbones, 
 
 
 def test_every_model_row_names_its_default_groups():
-    """fpt/core/groups.py DEFAULT_TRAIN (what the config trains when --train is unset) covers exactly the rows."""
-    from fpt.models.bodies import MODELS
-    from fpt.core.groups import DEFAULT_TRAIN
+    """Each MODELS entry (fpt/core/rows.py) names its default groups and a builder that exists in fpt/models/."""
+    import importlib
 
-    assert list(MODELS) == list(DEFAULT_TRAIN)
+    from fpt.core.groups import TRAINABLE_GROUPS
+    from fpt.core.rows import MODELS
+
+    for name, row in MODELS.items():
+        assert row.default_train and set(row.default_train) <= set(TRAINABLE_GROUPS), name
+        module, _, function = row.builder.partition(":")
+        assert module.startswith("fpt.models.") and callable(getattr(importlib.import_module(module), function)), name
 
 
 def test_config_sits_at_the_bottom_of_the_import_graph():
@@ -113,4 +118,4 @@ def test_config_sits_at_the_bottom_of_the_import_graph():
 
     code = "import sys, fpt.core.config; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fpt', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert set(out) <= {"fpt", "fpt.core", "fpt.core.config", "fpt.core.errors", "fpt.core.groups", "fpt.core.registry"}, out
+    assert set(out) <= {"fpt", "fpt.core", "fpt.core.config", "fpt.core.errors", "fpt.core.groups", "fpt.core.registry", "fpt.core.rows"}, out

@@ -16,7 +16,11 @@ QUEUE=${1:-tools/campaign-queue.txt}; PYTHON=${PYTHON:-python3}; COMMIT=${COMMIT
 export FPT_DATA=${FPT_DATA:-data} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 [ -f "$QUEUE" ] || { echo "cpu_campaign: no queue file $QUEUE" >&2; exit 2; }
 PYTHON="$PYTHON" tools/prepare_data.sh mnist cifar10 listops homology
-for backbone in $(grep -vE '^\s*#' "$QUEUE" | grep -oE -- '--backbone [^ ]+' | cut -d' ' -f2 | sort -u); do
+# the backbones the queue names: --backbone flags, and the rows of the matrices it runs (configs/NAME.yaml)
+matrices=$(grep -vE '^\s*(#|$)' "$QUEUE" | awk '{print "configs/" $1 ".yaml"}' | sort -u)
+for backbone in $( (grep -vE '^\s*#' "$QUEUE" | grep -oE -- '--backbone [^ ]+' | cut -d' ' -f2;
+                    cat $matrices 2>/dev/null | grep -oE 'backbone: [a-z0-9-]+[,} ]' | tr -d ',} ' | cut -d: -f2) | sort -u); do
+    [ "$backbone" = minilm ] && continue  # installed with fpt itself
     "$PYTHON" -m fpt backbones install "$backbone" || echo "cpu_campaign: backbone $backbone not installed" >&2
 done
 

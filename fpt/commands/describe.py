@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpt.models.bodies import MODELS
+    from fpt.core.rows import MODELS
     from fpt.models.factory import build_model
     from fpt.models.model import count_parameters, format_counts
     from fpt.tasks import task_from_config

@@ -19,7 +19,7 @@ from fpt.core.config import TrainConfig, resolve
 CHOICE_SOURCES = {
     "tasks": ("fpt.tasks", "TASKS", "registered"),
     "backbones": ("fpt.backbones", "BACKBONES", "registered"),
-    "models": ("fpt.models.bodies", "MODELS", "choices"),
+    "models": ("fpt.core.rows", "MODELS", "choices"),
     "groups": ("fpt.core.groups", "TRAINABLE_GROUPS", "groups"),
     "lora_targets": ("fpt.core.groups", "LORA_TARGETS", "choices"),
 }

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from fpt.core.errors import FPTError
-from fpt.core.groups import DEFAULT_TRAIN, FPT_GROUPS, LORA_TARGETS, parse_groups
+from fpt.core.groups import FPT_GROUPS, LORA_TARGETS, parse_groups
+from fpt.core.rows import MODELS
 
 # NOTE: this module sits at the bottom of the import graph (fpt.core.errors, fpt.core.groups, fpt.core.registry): the
 # closed sets a config checks are defined here or in fpt/core/groups.py, and the modules above import them.
@@ -132,7 +133,7 @@ class TrainConfig:
                 "(pip install 'fpt[tensorboard]')"})
 
     def __post_init__(self):
-        default_train = DEFAULT_TRAIN.get(self.model)  # unknown model: one line naming the rows
+        default_train = MODELS.get(self.model).default_train  # unknown model: one line naming the rows
         if self.train is None:
             default = default_train + (("lora",) if self.lora_r > 0 else ())
             object.__setattr__(self, "train", parse_groups(default))
@@ -208,7 +209,7 @@ class TrainConfig:
         if groups == set(FPT_GROUPS):
             trained = "fpt"
         elif groups >= set(FPT_GROUPS) | {"attention", "feedforward"} or (self.model != "fpt" and groups >= set(
-                DEFAULT_TRAIN.get(self.model)) - {"lora"}):
+                MODELS.get(self.model).default_train) - {"lora"}):
             trained = "all"
         else:
             trained = "+".join(g for g in self.train if g != "lora") or "none"

@@ -1,4 +1,4 @@
-"""The names of what trains: parameter groups, LoRA targets, and each model row's default groups.
+"""The names of what trains: parameter groups and LoRA targets (each model row's default groups: fpt/core/rows.py).
 
 At the bottom of the import graph (no torch), so fpt/core/config.py checks `train`, `lora_targets` and
 `model` without importing the modules that classify parameters (fpt/models/model.py,
@@ -7,7 +7,6 @@ fpt/backbones/architectures.py), add adapters (fpt/models/lora.py) or build the 
 from __future__ import annotations
 
 from fpt.core.errors import FPTError
-from fpt.core.registry import Registry
 
 #: Every parameter belongs to exactly one of these groups. `recurrent` is the LSTM baseline's
 #: body (fpt/models/bodies.py); `lora` holds LoRA adapters (fpt/models/lora.py). `unused` stays last.
@@ -20,10 +19,6 @@ FPT_GROUPS = ("input", "output", "positions", "layernorm")
 #: Groups whose linear layers may carry LoRA adapters.
 LORA_TARGETS = ("attention", "feedforward")
 
-#: Each model row's groups that learn when the config does not name them (the rows: fpt/models/bodies.py MODELS).
-DEFAULT_TRAIN: Registry[tuple[str, ...]] = Registry("model")
-DEFAULT_TRAIN.register("fpt", FPT_GROUPS)
-DEFAULT_TRAIN.register("lstm", TRAINABLE_GROUPS)
 
 
 def parse_groups(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

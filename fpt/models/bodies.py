@@ -5,40 +5,25 @@
   lstm  the paper's LSTM baseline: 3 layers of width 768 with layer norm, fully trained
 
 Every row has the same input and output layers (fpt/models/model.py `FPT`); a row only
-builds the body (HFBody or LSTMBody, here) and says which groups train by default
-(fpt/core/groups.py DEFAULT_TRAIN). Each body names its own parameters' groups (`parameter_groups`).
-Each row is one registry entry, so `build_model` has no if-chain over row names.
+builds the body (HFBody or LSTMBody, here: `build_transformer`, `build_lstm`). The rows themselves, with the
+groups each trains by default and the builder they name, are the MODELS entries of fpt/core/rows.py, so that
+`build_model` has no if-chain over row names. Each body names its own parameters' groups
+(`parameter_groups`) and says what it is (`describe`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from fpt.backbones import readout
-from fpt.backbones import Backbone, load_backbone
+from fpt.backbones import Backbone, load_backbone, readout
 from fpt.backbones.architectures import classify_body
 from fpt.core.errors import FPTError
+from fpt.core.rows import LSTM_LAYERS, LSTM_WIDTH
 from fpt.models.lora import lora_parameter_names
-from fpt.core.registry import Registry
 
-LSTM_WIDTH = 768  # the paper's LSTM baseline
-LSTM_LAYERS = 3
-LSTM_LR = 3e-4  # the paper's learning rate for the LSTM (pass --lr 3e-4; lr stays configurable)
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    name: str
-    description: str
-    build: Callable  # (cfg, spec) -> (body nn.Module, width, Backbone | None)
-
-
-MODELS: Registry[ModelKind] = Registry("model")
 
 
 class LSTMBody(nn.Module):
@@ -232,7 +217,8 @@ def use_fast_ops(backbone: Backbone, attn_implementation: str) -> None:
         fastops.use_fused_gelu(backbone.model, fused_classes(arch.tanh_gelu))
 
 
-def _build_transformer(cfg, spec):
+def build_transformer(cfg, spec):
+    """The `fpt` row's body (fpt/core/rows.py): a Hugging Face backbone, fpt's fast modules swapped in."""
     from fpt.models.lora import add_lora
 
     attn_implementation = resolve_attention(cfg)
@@ -249,14 +235,8 @@ def _build_transformer(cfg, spec):
     return body, backbone.width, backbone
 
 
-def _build_lstm(cfg, spec):
+def build_lstm(cfg, spec):
+    """The `lstm` row's body (fpt/core/rows.py)."""
     torch.manual_seed(cfg.seed)
     return LSTMBody(LSTM_WIDTH, cfg.layers or LSTM_LAYERS, dropout=cfg.dropout), LSTM_WIDTH, None
 
-
-MODELS.register("fpt", ModelKind(
-    "fpt", "a transformer backbone (--backbone, --init, --layers, --lora-r); FPT's groups train by default",
-    _build_transformer))
-MODELS.register("lstm", ModelKind(
-    "lstm", f"{LSTM_LAYERS}-layer LSTM of width {LSTM_WIDTH} with layer norm, fully trained "
-    f"(the paper used --lr {LSTM_LR:g})", _build_lstm))
