@@ -189,6 +189,10 @@ def test_homology_csv(tmp_path, capsys):
     data = build_task("homology").load(seed=0, data_dir=str(tmp_path))
     assert len(data.splits["train"]) == 30 and len(data.splits["val"]) == 6
     assert int(data.splits["train"].lengths.max()) == 1024 and "2 sequences over 1024 truncated" in data.notes[0]
+    assert any("`test` is the valid split" in n for n in data.notes)  # no fold-holdout file: said, not hidden
+    (folder / "test_fold_holdout.csv").write_text(rows(4))
+    data = build_task("homology").load(seed=0, data_dir=str(tmp_path))
+    assert len(data.splits["test"]) == 4 and not any("valid split" in n for n in data.notes)
     dropped = build_task("homology", long_sequences="drop").load(seed=0, data_dir=str(tmp_path))
     assert len(dropped.splits["train"]) == 28
     (folder / "valid.csv").write_text("seq,label\nACDE,1195\n")

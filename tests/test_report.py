@@ -84,6 +84,20 @@ def test_readme_block_lists_covered_tasks_and_one_note(sweep):
     assert block[-2:] == ["", "Not in budget cpu-large (fpt/paper/budgets.py), so not run: listops."]
 
 
+def test_a_named_test_split_is_said_in_the_table_and_the_readme(sweep):
+    """A task whose test column is a named split (homology: TAPE's test_fold_holdout) says so in table.md's
+    notes and in the README's row label."""
+    from fpt.paper.report import readme_block, report
+
+    for seed in (0, 1):
+        run = sweep / "runs" / "alpha" / "bit-memory" / f"lr0.001-seed{seed}" / "result.json"
+        result = json.loads(run.read_text())
+        run.write_text(json.dumps({**result, "split_sizes": {"train": 90, "val": 7, "test_fold_holdout": 5, "test": 5}}))
+    assert "- bit-memory: test is the test_fold_holdout split (5 examples)." in report(sweep).splitlines()
+    assert any(line.startswith("| bit-memory (test: test_fold_holdout): `fpt reproduce")
+               for line in readme_block(sweep).splitlines())
+
+
 def _drawn(ax) -> bool:
     """The axes hold data artists."""
     return bool(ax.lines or ax.patches or ax.collections or ax.images)

@@ -79,7 +79,7 @@ def collect(out: Path) -> list[dict]:
             rec.update({k: res.get(k) for k in CSV_FIELDS if k in res and k != "run_dir"})  # where it is now
             rec["train"] = ",".join(res.get("train", []))
             rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "precision_auto", "data_notes",
-                                                 "majority_test_accuracy", "best_step", "param_groups",
+                                                 "majority_test_accuracy", "best_step", "param_groups", "split_sizes",
                                                  "weights_sha256")})
             train = res.get("train_accuracy_at_best")  # where the run recorded it, else from its metrics
             if train is None:
@@ -211,6 +211,13 @@ def _body_summary(a: dict) -> str:
             + (f", {a['heads']} heads" if a.get("heads") else ""))
 
 
+def test_splits(records: list[dict]) -> dict[str, tuple[str, int]]:
+    """task -> (name, size) of the split its test column is, where the task names one (homology: TAPE's
+    test_fold_holdout); a column headed test never silently holds another split."""
+    return {r["task"]: (name, n) for r in records for name, n in (r.get("split_sizes") or {}).items()
+            if name.startswith("test_") and (r.get("split_sizes") or {}).get("test") == n}
+
+
 def _run_notes(matrix, records: list[dict]) -> list[str]:
     """What a reader must know to trust the numbers: each row's body, the hosts, data subsets."""
     notes = []
@@ -247,7 +254,8 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
         varies = any(len(g) > 1 for w in hosts.values() for g in w.values())
         notes.append(f"- Measured on: {'; '.join(described)}; precision {', '.join(precisions)}."
                      + (" Wall times move with the host's rate." if varies else ""))
-    for note in sorted({f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
+    named_tests = {f"{task}: test is the {name} split ({n:,} examples)" for task, (name, n) in test_splits(records).items()}
+    for note in sorted(named_tests | {f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
         notes.append(f"- {note}.")
     return notes
 
@@ -334,7 +342,9 @@ def readme_block(out: Path) -> str:
     matrix = _load_matrix(out)
     meta = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     budget = meta.get("budget")
-    summary = summarize(matrix, collect(out), budget)
+    records = collect(out)
+    summary = summarize(matrix, records, budget)
+    tested_on = {task: name for task, (name, _) in test_splits(records).items()}
     lines = ["| task | " + " | ".join(row.name for row in matrix.rows) + " | majority class | minutes a run |",
              "|---|" + "---|" * (len(matrix.rows) + 2)]
     for task in summary["tasks"]:
@@ -344,7 +354,8 @@ def readme_block(out: Path) -> str:
         span = (f"{min(minutes):.0f}" if max(minutes) - min(minutes) < 1 else f"{min(minutes):.0f}-{max(minutes):.0f}") \
             if minutes else "–"
         command = f"`fpt reproduce {matrix.name} --budget {budget} --tasks {task}`" if budget else task
-        lines.append(f"| {task}: {command} | " + " | ".join(texts) + f" | {summary['majority'][task]} | {span} |")
+        label = f"{task} (test: {tested_on[task]})" if task in tested_on else task
+        lines.append(f"| {label}: {command} | " + " | ".join(texts) + f" | {summary['majority'][task]} | {span} |")
     if summary["left_out"]:
         lines += ["", _left_out_note(budget, summary["left_out"])]
     return "\n".join(lines)

@@ -118,6 +118,9 @@ class RemoteHomology(Task):
                                  torch.from_numpy(labels[keep])[:, None], torch.from_numpy(lengths))
         splits["test"] = splits.get("test_fold_holdout", splits["val"])
         sources["test"] = sources.get("test_fold_holdout", sources["val"])
+        if "test_fold_holdout" not in splits:  # said in result.json and under every table: not a test figure
+            notes.append("test: no test_fold_holdout file, so `test` is the valid split (tools/prepare_data.sh "
+                         "copies TAPE's)")
         data = PaddedTokenData(self.spec, splits)
         data.notes, data.sources = notes, sources
         return data
