@@ -99,7 +99,7 @@ def test_a_circle_is_caught():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
 
 
-#: The floors of docs/architecture.md, bottom first: a module may import its own floor and those below.
+#: The layers of docs/architecture.md (packages), bottom first: a module may import its own layer and those below.
 FLOORS = [
     ("fpt.core",),                                    # errors, registry, config, groups, host facts, files
     ("fpt.datasets", "fpt.fastops", "fpt.csrc"),      # file formats; kernels (C sources built by fastops.native)
