@@ -101,7 +101,7 @@ def test_a_circle_is_caught():
 
 #: The layers of docs/architecture.md (packages), bottom first: a module may import its own layer and those below.
 FLOORS = [
-    ("fpt.core",),                                    # errors, registry, config, groups, host facts, files
+    ("fpt.core",),                                    # errors, registry, config, groups, rows, host, files
     ("fpt.datasets", "fpt.fastops", "fpt.csrc"),      # file formats; kernels (C sources built by fastops.native)
     ("fpt.tasks", "fpt.backbones"),                   # one file per task; the backbone registry and families
     ("fpt.models",),                                  # the FPT model, bodies, LoRA, features, precision, factory
