@@ -25,6 +25,12 @@ from fpt.core.rows import LSTM_LAYERS, LSTM_WIDTH
 from fpt.models.lora import lora_parameter_names
 
 
+def body_summary(a: dict) -> str:
+    """A body's description (`describe()`'s fields, or an older record's) in words: 'bert (post-LN), 6 layers
+    x 384, 12 heads', 'LSTM, 3 layers x 768'. The one place these words are made."""
+    return (a["kind"].removesuffix("Body") + (f" ({a['norm']})" if a.get("norm") else "")
+            + f", {a['layers']} layers x {a['width']}" + (f", {a['heads']} heads" if a.get("heads") else ""))
+
 
 class LSTMBody(nn.Module):
     """A stack of LSTM layers, each pre-normed and residual, then a final layer norm.
@@ -49,8 +55,8 @@ class LSTMBody(nn.Module):
 
     def describe(self) -> dict:
         """What this body is, for the run's record and the report's notes (which never test class names)."""
-        return {"kind": type(self).__name__, "layers": len(self.lstms), "width": self.width,
-                "summary": f"LSTM, {len(self.lstms)} layers x {self.width}"}
+        a = {"kind": type(self).__name__, "layers": len(self.lstms), "width": self.width}
+        return {**a, "summary": body_summary(a)}
 
     def parameter_groups(self) -> dict[str, str]:
         """Parameter name -> group, by module: LSTM cells are `recurrent`, norms `layernorm`."""
@@ -90,11 +96,9 @@ class HFBody(nn.Module):
         """What this body is, for the run's record and the report's notes (which never test class names)."""
         config = self.model.config
         layers = len(self.model.get_submodule(self.arch.layers))
-        heads = getattr(config, "num_attention_heads", None)
-        return {"kind": config.model_type, "layers": layers, "width": self.width, "heads": heads,
-                "norm": self.arch.norm_position,
-                "summary": f"{config.model_type} ({self.arch.norm_position}), {layers} layers x {self.width}"
-                           + (f", {heads} heads" if heads else "")}
+        a = {"kind": config.model_type, "layers": layers, "width": self.width,
+             "heads": getattr(config, "num_attention_heads", None), "norm": self.arch.norm_position}
+        return {**a, "summary": body_summary(a)}
 
     @contextlib.contextmanager
     def full_last_block(self):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fpt.paper.budgets import budget_cells
 from fpt.core.errors import FPTError
+from fpt.models.bodies import body_summary
 from fpt.paper.figures import plot_learning_curves, plot_steps_to_converge
 from fpt.run.files import read_metrics
 
@@ -201,16 +202,6 @@ def summarize(matrix, records: list[dict], budget: str | None) -> dict:
     return {"cells": cells, "majority": majority, "notes": notes, "tasks": tasks, "left_out": left_out}
 
 
-def _body_summary(a: dict) -> str:
-    """A record's body in its own words (`describe()`'s summary), or, in records written before bodies
-    described themselves, the same words made from its fields."""
-    if a.get("summary"):
-        return a["summary"]
-    kind = a["kind"].removesuffix("Body")
-    return (f"{kind}" + (f" ({a['norm']})" if a.get("norm") else "") + f", {a['layers']} layers x {a['width']}"
-            + (f", {a['heads']} heads" if a.get("heads") else ""))
-
-
 def test_splits(records: list[dict]) -> dict[str, tuple[str, int]]:
     """task -> (name, size) of the split its test column is, where the task names one (homology: TAPE's
     test_fold_holdout); a column headed test never silently holds another split."""
@@ -223,8 +214,8 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
     notes = []
     for row in matrix.rows:
         mine = [r for r in records if r["row_slug"] == row.slug and r.get("architecture")]
-        for body in sorted({_body_summary(r["architecture"]) for r in mine}):
-            runs = [r for r in mine if _body_summary(r["architecture"]) == body]
+        for body in sorted({body_summary(r["architecture"]) for r in mine}):
+            runs = [r for r in mine if body_summary(r["architecture"]) == body]
             # the records say what trained (param_groups) and whether weights were loaded (weights_sha256 "none": none)
             # every group of the body trains ("unused" never runs; positions train their first seq_len rows)
             every = all(c.get("trainable") for r in runs for g, c in (r.get("param_groups") or {}).items()
