@@ -161,14 +161,34 @@ def test_campaign_queue_lines_are_valid_reproduce_commands(tmp_path):
     from fpt.cli import build_parser
     from fpt.commands.reproduce import _names
 
-    queue = Path(__file__).resolve().parents[1] / "tools" / "campaign-queue.txt"
+    root = Path(__file__).resolve().parents[1]
+    queue = root / "tools" / "campaign-queue.txt"
     lines = [line.split("#")[0].strip() for line in queue.read_text().splitlines()]  # as cpu_campaign.sh cuts them
     parser = build_parser()
     for line in filter(None, lines):
+        if line.startswith("tools/"):  # a measuring script: it must be there
+            assert (root / shlex.split(line)[0]).is_file(), f"no script: {line}"
+            continue
         args = parser.parse_args(["reproduce", *shlex.split(line)])
         runs = plan(load_matrix(args.matrix), budget=args.budget, seeds=args.seeds, out=tmp_path,
                     backbone=args.backbone, rows=_names(args.rows), tasks=_names(args.tasks))
         assert any(r.config is not None for r in runs), f"plans no run: {line}"
+
+
+def test_lra_wall_plans_table1s_cifar10_lra_fpt_cell(tmp_path):
+    """tools/lra_wall.py (a queue line) times Table 1's FPT cell on CIFAR-10 LRA at the cpu budget."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "lra_wall.py"
+    spec = importlib.util.spec_from_file_location("lra_wall", path)
+    lra_wall = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lra_wall)
+    run, cfg = lra_wall.planned_run(tmp_path, None)
+    assert (run.task, run.row.name, cfg.task, cfg.init) == ("cifar10-lra", "FPT", "cifar10-lra", "pretrained")
+    assert cfg.steps == run.config.steps and cfg.dropout > 0  # the shape long attention was built for
+    _, quick = lra_wall.planned_run(tmp_path, 3)
+    assert (quick.steps, quick.eval_every, quick.task_options["test_size"]) == (3, 3, 16)
 
 
 def test_report_updates_the_readme_block_and_refuses_a_readme_without_one(tiny_matrix, tmp_path, capsys):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The results campaign on a CPU, one run at a time (two trainings on 2 cores each run 5-20x slower):
 # each line of QUEUE is the arguments of one `fpt reproduce` (tools/campaign-queue.txt: what is left,
-# in the order it should run). Lines whose runs are finished cost a few seconds (a sweep skips them),
-# a partial run resumes from its checkpoint, so the same queue is simply run again next session.
+# in the order it should run), or a measuring script under tools/ with its arguments (tools/lra_wall.py).
+# Lines whose runs are finished cost a few seconds (a sweep skips them), a partial run resumes from its
+# checkpoint, so the same queue is simply run again next session.
 # With COMMIT=1 each line's finished runs are committed as they land (never checkpoints: .gitignore),
 # with the README's table regenerated when the line is table1's cpu sweep.
 #
@@ -33,6 +34,12 @@ out_of() {  # the sweep folder a reproduce line writes: its --out, else results/
 
 grep -vE '^\s*(#|$)' "$QUEUE" | while IFS= read -r line; do
     line=${line%%#*}  # a line's trailing comment (its expected minutes)
+    if [[ $line == tools/*.py* ]]; then  # a measuring script (tools/lra_wall.py): it skips what it has done
+        echo "$(date -u +%FT%TZ) start: $line"
+        eval "\"$PYTHON\" $line" < /dev/null
+        echo "$(date -u +%FT%TZ) end (exit $?): $line"
+        continue
+    fi
     echo "$(date -u +%FT%TZ) start: fpt reproduce $line"
     eval "\"$PYTHON\" -m fpt reproduce $line --quiet" < /dev/null
     echo "$(date -u +%FT%TZ) end (exit $?): fpt reproduce $line"
