@@ -306,3 +306,44 @@ def test_host_note_names_each_hosts_measured_bf16_rate(tiny_matrix, tmp_path):
     note = next(n for n in _run_notes(load_matrix(tiny_matrix), collect(tmp_path)) if n.startswith("- Measured on:"))
     assert note == ("- Measured on: AMD EPYC (native bf16; bf16 matmul 417-898 GFLOP/s at width 384, 429 GFLOP/s at"
                     " width 768); Intel Xeon (no native bf16); precision bf16, fp32. Wall times move with the host's rate.")
+
+
+def test_rate_is_chosen_on_the_seeds_every_rate_has():
+    """Seeds run only at the chosen rate (--seeds-at-chosen-rate) must not re-choose it: 3e-4 was chosen
+    on seed 0; its seeds 1-2 validate lower than 1e-3's seed 0, and the choice stays."""
+    from fpt.paper.reproduce import select_lr
+
+    def rec(lr, seed, val):
+        return {"row_slug": "full", "task": "cifar10", "lr": lr, "seed": seed, "best_val_accuracy": val}
+
+    replicated = [rec(3e-4, 0, 0.53), rec(3e-4, 1, 0.45), rec(3e-4, 2, 0.46), rec(1e-3, 0, 0.50)]
+    assert select_lr(replicated) == {("full", "cifar10"): 3e-4}  # the mean over all seeds would pick 1e-3
+    both = [rec(3e-4, 0, 0.53), rec(3e-4, 1, 0.45), rec(1e-3, 0, 0.50), rec(1e-3, 1, 0.50)]
+    assert select_lr(both) == {("full", "cifar10"): 1e-3}  # every rate has seeds 0-1: their means decide
+
+
+def test_seeds_at_chosen_rate_replicate_only_seed_zeros_choice(tiny_matrix, tmp_path, capsys):
+    from fpt.paper.reproduce import at_chosen_rate
+
+    out = tmp_path / "o"
+    runs = [r for r in plan(load_matrix(str(tiny_matrix)), budget="smoke", seeds=2, out=out, lrs=[1e-3, 1e-2],
+                            rows=["Random"], tasks=["bit-xor"]) if r.config is not None]
+    later = [r for r in at_chosen_rate(runs) if r.seed == 1]
+    assert len(later) == 2 and all(r.config is None and "waits for seed 0" in r.skip_reason for r in later)
+    for r, val in zip([r for r in runs if r.seed == 0 and r.config is not None], (0.6, 0.9)):
+        r.run_dir.mkdir(parents=True)
+        (r.run_dir / "result.json").write_text(json.dumps({"best_val_accuracy": val}))
+    kept = {r.lr: r for r in at_chosen_rate(runs) if r.seed == 1}
+    assert kept[1e-2].config is not None and kept[1e-3].config is None
+    assert kept[1e-3].skip_reason == "seed 0 chose lr 0.01 on validation"
+    # the command: seed 0 at both rates, then seed 1 at the one seed 0 chose; nothing else is trained
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--out", str(tmp_path / "e2e"), "--quiet",
+                 "--rows", "Random", "--tasks", "bit-xor", "--lr-sweep", "0.001,0.01", "--seeds", "2",
+                 "--seeds-at-chosen-rate"]) == 0
+    done = sorted(p.parent.name for p in (tmp_path / "e2e" / "runs").rglob("result.json"))
+    chosen = next(n for n in done if n.endswith("seed1")).split("-")[0]
+    assert len(done) == 3 and {f"{chosen}-seed0", f"{chosen}-seed1"} <= set(done)
+    sweep = json.loads((tmp_path / "e2e" / "sweep.json").read_text())
+    assert sweep["seeds_at_chosen_rate"] is True
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--seeds", "2", "--seeds-at-chosen-rate"]) == 2
+    assert "needs --lr-sweep with two rates or more" in capsys.readouterr().err

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (0 .. N-1)")
     p.add_argument("--out", help="output folder (default: results/<matrix>-<budget>)")
     p.add_argument("--lr-sweep", help="comma-separated learning rates; each cell's is chosen on validation")
+    p.add_argument("--seeds-at-chosen-rate", action="store_true",
+                   help="with --lr-sweep and --seeds N: every rate at seed 0, seeds 1..N-1 only at the rate seed 0 "
+                        "chose on validation")
     p.add_argument("--rows", help="comma-separated row names to run (default: all); the rest are skipped")
     p.add_argument("--tasks", help="comma-separated tasks to run (default: all the budget covers)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and a time estimate")
@@ -65,11 +68,13 @@ def _finished_line(run) -> str:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.core.errors import FPTError
-    from fpt.paper.reproduce import estimate, execute, find_matrix, load_matrix, plan, run_state
+    from fpt.paper.reproduce import at_chosen_rate, estimate, execute, find_matrix, load_matrix, plan, run_state
     from fpt.core.files import hold_folder, write_json_atomic
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")
+    if args.seeds_at_chosen_rate and (len(_lrs(args.lr_sweep) or []) < 2 or args.seeds < 2):
+        raise FPTError("--seeds-at-chosen-rate needs --lr-sweep with two rates or more and --seeds 2 or more")
     sweep = None  # fpt.paper.ray_sweep, with --ray
     if args.ray is not None and not args.dry_run:
         from fpt.paper import ray_sweep as sweep
@@ -77,15 +82,18 @@ def run_reproduce(args: argparse.Namespace) -> int:
         sweep.require_ray()  # before anything is planned or written
     matrix = load_matrix(args.matrix)
     out = Path(args.out or f"results/{matrix.name}-{args.budget}")
-    runs = plan(matrix, budget=args.budget, seeds=args.seeds, out=out, backbone=args.backbone,
-                lrs=_lrs(args.lr_sweep), rows=_names(args.rows), tasks=_names(args.tasks))
+    runs = full_plan = plan(matrix, budget=args.budget, seeds=args.seeds, out=out, backbone=args.backbone,
+                            lrs=_lrs(args.lr_sweep), rows=_names(args.rows), tasks=_names(args.tasks))
+    if args.seeds_at_chosen_rate:
+        runs = at_chosen_rate(runs)  # as things stand: seeds past 0 wait where seed 0 has not chosen yet
     planned = [r for r in runs if r.config is not None]
     print(f"{matrix.name}: {len(matrix.rows)} rows x {len(matrix.tasks)} tasks x {args.seeds} seed(s)"
           f"{' x ' + str(len(_lrs(args.lr_sweep))) + ' lrs' if args.lr_sweep else ''}: {len(planned)} runs "
           f"planned, {len(runs) - len(planned)} skipped (budget {args.budget}) -> {out}")
     for r in runs:
         if r.config is None:
-            print(f"  skip {r.row.name} / {r.task} / seed {r.seed}: {r.skip_reason}")
+            print(f"  skip {r.row.name} / {r.task} / seed {r.seed}{f' / lr {r.lr:g}' if args.lr_sweep else ''}: "
+                  f"{r.skip_reason}")
     if args.dry_run:
         # a sweep resumes: finished runs cost nothing, partial ones only their remaining steps
         finished = [r for r in planned if run_state(r) == "done"]
@@ -115,15 +123,29 @@ def run_reproduce(args: argparse.Namespace) -> int:
             ray = sweep.connect(args.ray)  # an unreachable cluster: one line, nothing written
         shutil.copyfile(find_matrix(args.matrix), out / "matrix.yaml")
         write_json_atomic(out / "sweep.json", {"matrix": matrix.name, "budget": args.budget, "seeds": args.seeds,
-                                               "backbone": args.backbone, "lr_sweep": _lrs(args.lr_sweep)})
+                                               "backbone": args.backbone, "lr_sweep": _lrs(args.lr_sweep),
+                                               **({"seeds_at_chosen_rate": True} if args.seeds_at_chosen_rate
+                                                  else {})})
         done = sum(run_state(r) == "done" for r in planned)
         if done:
             print(f"{done} of {len(planned)} runs already finished: skipped")
-        if sweep is not None:
-            sweep.execute(ray, runs, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
-                          retries=args.ray_retries)
+
+        def run_all(these):
+            if sweep is not None:
+                sweep.execute(ray, these, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
+                              retries=args.ray_retries)
+            else:
+                execute(these, progress=not args.quiet)
+
+        if args.seeds_at_chosen_rate:  # two rounds: seed 0 at every rate, then the other seeds at the one it chose
+            run_all([r for r in runs if r.seed == 0])
+            later = [r for r in at_chosen_rate(full_plan) if r.seed > 0]
+            for r in later:
+                if r.config is None:
+                    print(f"  skip {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g}: {r.skip_reason}")
+            run_all(later)
         else:
-            execute(runs, progress=not args.quiet)
+            run_all(runs)
         from fpt.paper.report import report
 
         print(report(out, budget=args.budget))

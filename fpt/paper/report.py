@@ -15,13 +15,13 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 from fpt.paper.budgets import budget_cells
 from fpt.core.errors import FPTError
 from fpt.models.bodies import body_summary
 from fpt.paper.figures import plot_learning_curves, plot_steps_to_converge
+from fpt.paper.reproduce import select_lr
 from fpt.run.files import read_metrics
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "paper_results.csv"
@@ -103,15 +103,6 @@ def _load_matrix(out: Path):
     if not path.exists():
         raise FPTError(f"{out} holds no matrix.yaml: is it the --out folder of `fpt reproduce`?")
     return load_matrix(str(path))
-
-
-def select_lr(records: list[dict]) -> dict[tuple[str, str], float]:
-    """Per (row, task): the learning rate with the best mean validation accuracy over seeds."""
-    by_cell: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        if r.get("best_val_accuracy") is not None:
-            by_cell[(r["row_slug"], r["task"])][r["lr"]].append(r["best_val_accuracy"])
-    return {cell: max(lrs, key=lambda lr: statistics.mean(lrs[lr])) for cell, lrs in by_cell.items()}
 
 
 def write_csv(records: list[dict], rows_by_slug: dict, path: Path) -> None:

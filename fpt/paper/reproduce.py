@@ -11,10 +11,12 @@ run directories alone.
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -150,6 +152,64 @@ def plan(matrix: Matrix, *, budget: str, seeds: int, out: Path, backbone: str | 
                         raise FPTError(f"matrix {matrix.name!r}, row {row.name!r}, task {task}: {e}") from e
                     runs.append(PlannedRun(row, task, seed, lr_value, run_dir, cfg))
     return runs
+
+
+def select_lr(records: list[dict]) -> dict[tuple[str, str], float]:
+    """Per (row, task): the learning rate with the best mean validation accuracy over the seeds every rate
+    of the cell has (seed 0 alone when only the chosen rate got more: `--seeds-at-chosen-rate`, whose
+    extra seeds must not re-choose the rate), over all its seeds where the rates share none."""
+    by_cell: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r.get("best_val_accuracy") is not None:
+            by_cell[(r["row_slug"], r["task"])][r["lr"]][r.get("seed", 0)] = r["best_val_accuracy"]
+    chosen = {}
+    for cell, lrs in by_cell.items():
+        shared = set.intersection(*(set(by_seed) for by_seed in lrs.values()))
+
+        def score(lr: float) -> float:
+            by_seed = lrs[lr]
+            return statistics.mean(by_seed[s] for s in shared) if shared else statistics.mean(by_seed.values())
+
+        chosen[cell] = max(lrs, key=score)
+    return chosen
+
+
+def seed_zero_choice(runs: list[PlannedRun]) -> dict[tuple[str, str], float]:
+    """Per (row slug, task): the rate whose seed-0 run validated best, by the report's rule
+    (`select_lr`); a cell is left out while any of its seed-0 runs has no result."""
+    records, waiting = [], set()
+    for r in runs:
+        if r.seed != 0 or r.config is None:
+            continue
+        try:
+            best = json.loads((r.run_dir / "result.json").read_text()).get("best_val_accuracy")
+        except (OSError, ValueError):
+            best = None
+        if best is None:
+            waiting.add((r.row.slug, r.task))
+        else:
+            records.append({"row_slug": r.row.slug, "task": r.task, "lr": r.lr, "seed": 0, "best_val_accuracy": best})
+    return {cell: lr for cell, lr in select_lr(records).items() if cell not in waiting}
+
+
+def at_chosen_rate(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """`--seeds-at-chosen-rate`: every rate at seed 0, the other seeds only at the rate seed 0 chose on
+    validation (tune on one seed, then replicate the winner); the rest are listed as skipped. Call it again
+    once seed 0's runs have finished: until then a cell's other seeds wait."""
+    choice = seed_zero_choice(runs)
+    kept = []
+    for r in runs:
+        if r.seed == 0 or r.config is None:
+            kept.append(r)
+            continue
+        lr = choice.get((r.row.slug, r.task))
+        if lr is None:
+            kept.append(replace(r, config=None, skip_reason="waits for seed 0 of every rate to choose the rate"))
+        elif lr != r.lr:
+            kept.append(replace(r, config=None, skip_reason=f"seed 0 chose lr {lr:g} on validation"))
+        else:
+            kept.append(r)
+    return kept
 
 
 def run_state(run: PlannedRun) -> str:
