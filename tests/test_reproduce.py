@@ -347,3 +347,37 @@ def test_seeds_at_chosen_rate_replicate_only_seed_zeros_choice(tiny_matrix, tmp_
     assert sweep["seeds_at_chosen_rate"] is True
     assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--seeds", "2", "--seeds-at-chosen-rate"]) == 2
     assert "needs --lr-sweep with two rates or more" in capsys.readouterr().err
+
+
+def test_reuse_copies_finished_runs_of_the_same_config_and_the_report_says_so(tiny_matrix, tmp_path, capsys):
+    """A matrix whose row repeats another sweep's (the same config under another name) copies that run's
+    record instead of training it; a run whose config differs (another rate) is trained."""
+    first = tmp_path / "first"
+    assert main(["reproduce", str(tiny_matrix), "--budget", "smoke", "--out", str(first), "--quiet",
+                 "--rows", "Random", "--tasks", "bit-xor"]) == 0
+    source = next((first / "runs").rglob("result.json")).parent
+    again = tmp_path / "again.yaml"
+    again.write_text(tiny_matrix.read_text().replace("name: tiny", "name: again").replace(
+        "{name: Random, paper_row: Random init (frozen), config: {init: random}}",
+        "{name: Frozen random, config: {init: random}}\n  - {name: Faster random, config: {init: random, lr: 0.01}}"))
+    second = tmp_path / "second"
+    capsys.readouterr()
+    args = ["reproduce", str(again), "--budget", "smoke", "--out", str(second), "--quiet",
+            "--rows", "Frozen random,Faster random", "--tasks", "bit-xor", "--reuse", str(first)]
+    assert main(args + ["--dry-run"]) == 0
+    assert f"copy Frozen random / bit-xor / seed 0 / lr 0.001 from {source} (--reuse)" in capsys.readouterr().out
+    assert main(args) == 0
+    assert f"copied Frozen random / bit-xor / seed 0 / lr 0.001 from {source}: the same config" in capsys.readouterr().out
+    copied = second / "runs" / "frozen-random" / "bit-xor" / source.name
+    result = json.loads((copied / "result.json").read_text())
+    assert result["copied_from"] == str(source)
+    assert result["test_accuracy"] == json.loads((source / "result.json").read_text())["test_accuracy"]
+    assert not (copied / "checkpoint.pt").exists()  # a record, never weights
+    trained = json.loads(next((second / "runs" / "faster-random").rglob("result.json")).read_text())
+    assert "copied_from" not in trained and trained["config"]["lr"] == 0.01
+    table = (second / "table.md").read_text()
+    assert ("Copied, not trained here (`fpt reproduce --reuse`; result.json: copied_from): 1 run of Frozen random, "
+            f"from finished runs with the same config in {first}.") in table
+    assert main(["reproduce", str(again), "--budget", "smoke", "--out", str(tmp_path / "x"), "--reuse",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "no runs/ folder there" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds-at-chosen-rate", action="store_true",
                    help="with --lr-sweep and --seeds N: every rate at seed 0, seeds 1..N-1 only at the rate seed 0 "
                         "chose on validation")
+    p.add_argument("--reuse", metavar="DIRS",
+                   help="comma-separated --out folders of other sweeps: a planned run whose config (every key but "
+                        "run_dir) a finished run there has is copied from it, not trained (result.json: copied_from)")
     p.add_argument("--rows", help="comma-separated row names to run (default: all); the rest are skipped")
     p.add_argument("--tasks", help="comma-separated tasks to run (default: all the budget covers)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and a time estimate")
@@ -68,7 +71,8 @@ def _finished_line(run) -> str:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.core.errors import FPTError
-    from fpt.paper.reproduce import at_chosen_rate, estimate, execute, find_matrix, load_matrix, plan, run_state
+    from fpt.paper.reproduce import (at_chosen_rate, estimate, execute, find_matrix, load_matrix, plan,
+                                     reuse_finished, run_state)
     from fpt.core.files import hold_folder, write_json_atomic
 
     if args.seeds < 1:
@@ -94,7 +98,12 @@ def run_reproduce(args: argparse.Namespace) -> int:
         if r.config is None:
             print(f"  skip {r.row.name} / {r.task} / seed {r.seed}{f' / lr {r.lr:g}' if args.lr_sweep else ''}: "
                   f"{r.skip_reason}")
+    reuse = [Path(d) for d in _names(args.reuse) or []]
     if args.dry_run:
+        copies = set()
+        for r, source in reuse_finished(planned, reuse, copy=False):
+            print(f"  copy {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g} from {source} (--reuse)")
+            copies.add(r.run_dir)
         # a sweep resumes: finished runs cost nothing, partial ones only their remaining steps
         finished = [r for r in planned if run_state(r) == "done"]
         for r in finished:
@@ -103,11 +112,12 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
         total = 0.0
         busy_before = other_runnable_threads()
-        for e in estimate([r for r in planned if run_state(r) != "done"]):
+        for e in estimate([r for r in planned if run_state(r) != "done" and r.run_dir not in copies]):
             total += e["est_s"]
             print(f"  {e['row']:<28} {e['task']:<16} seed {e['seed']} lr {e['lr']:<8g} {e['steps']:>7} steps "
                   f"x {e['s_per_step'] * 1000:8.1f} ms = {e['est_s'] / 60:8.1f} min")
-        print(f"estimated total: {total / 3600:.2f} h on this device for the {len(planned) - len(finished)} runs "
+        print(f"estimated total: {total / 3600:.2f} h on this device for the "
+              f"{len(planned) - len(finished) - len(copies)} runs "
               f"not finished (training steps timed here, +10% for eval)")
         # the same test as the precision probe's: others ran before and after, so they ran throughout
         busy = min(busy_before, other_runnable_threads())
@@ -131,6 +141,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
             print(f"{done} of {len(planned)} runs already finished: skipped")
 
         def run_all(these):
+            for r, source in reuse_finished(these, reuse):
+                print(f"copied {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g} from {source}: the same config")
             if sweep is not None:
                 sweep.execute(ray, these, address=args.ray, out=out, cpus=args.ray_cpus, gpus=args.ray_gpus,
                               retries=args.ray_retries)

@@ -81,7 +81,7 @@ def collect(out: Path) -> list[dict]:
             rec["train"] = ",".join(res.get("train", []))
             rec.update({k: res.get(k) for k in ("architecture", "host", "precision", "precision_auto", "data_notes",
                                                  "majority_test_accuracy", "best_step", "param_groups", "split_sizes",
-                                                 "weights_sha256")})
+                                                 "weights_sha256", "copied_from")})
             train = res.get("train_accuracy_at_best")  # where the run recorded it, else from its metrics
             if train is None:
                 train = train_accuracy_at_best(run_dir, res)
@@ -236,6 +236,13 @@ def _run_notes(matrix, records: list[dict]) -> list[str]:
         varies = any(len(g) > 1 for w in hosts.values() for g in w.values())
         notes.append(f"- Measured on: {'; '.join(described)}; precision {', '.join(precisions)}."
                      + (" Wall times move with the host's rate." if varies else ""))
+    copied = [r for r in records if r.get("copied_from")]
+    if copied:  # `fpt reproduce --reuse`: trained once, for another matrix
+        sweeps = sorted({str(Path(r["copied_from"]).parents[3]) for r in copied})
+        rows = [row.name for row in matrix.rows if any(r["row_slug"] == row.slug for r in copied)]
+        notes.append(f"- Copied, not trained here (`fpt reproduce --reuse`; result.json: copied_from): {len(copied)} "
+                     f"run{'s' if len(copied) > 1 else ''} of {', '.join(rows)}, from finished runs with the same "
+                     f"config in {', '.join(sweeps)}.")
     named_tests = {f"{task}: test is the {name} split ({n:,} examples)" for task, (name, n) in test_splits(records).items()}
     for note in sorted(named_tests | {f"{r['task']}: {n}" for r in records for n in r.get("data_notes") or []}):
         notes.append(f"- {note}.")

@@ -11,11 +11,12 @@ run directories alone.
 from __future__ import annotations
 
 import json
-import statistics
-from collections import defaultdict
 import re
+import shutil
+import statistics
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -210,6 +211,56 @@ def at_chosen_rate(runs: list[PlannedRun]) -> list[PlannedRun]:
         else:
             kept.append(r)
     return kept
+
+
+def _config_key(cfg: TrainConfig) -> str:
+    """A run's config as one string, every key but where it is written and its precision (a run's config.yaml
+    holds the precision `auto` resolved to on its host: reuse_finished compares it apart)."""
+    values = cfg.to_dict()
+    values.pop("run_dir", None)
+    values.pop("precision", None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def reuse_finished(runs: list[PlannedRun], sources: list[Path], *, copy: bool = True) -> list[tuple[PlannedRun, Path]]:
+    """`--reuse`: each planned run not started yet whose config a finished run in one of `sources` (other
+    sweeps' --out folders) already has, paired with that run: every key but run_dir the same, and the
+    precision too unless the plan says `auto` (which takes what auto chose on that run's host). With `copy`,
+    its record (config.yaml, metrics.jsonl, result.json with `copied_from`) is copied in, so the run counts as
+    done. A matrix whose rows repeat another's (pretraining's Pretrained and Random init are table1's FPT and
+    Random init) then shows them beside its own rows without training them again."""
+    from fpt.core.files import write_json_atomic
+
+    index: dict[str, list[tuple[str, Path]]] = {}
+    for source in sources:
+        if not (source / "runs").is_dir():
+            raise FPTError(f"--reuse {source}: no runs/ folder there; give the --out folder of another sweep")
+        for result in sorted(source.glob("runs/*/*/*/result.json")):
+            try:
+                if json.loads(result.read_text()).get("status") != "finished":
+                    continue
+                cfg = from_dict(yaml.safe_load((result.parent / "config.yaml").read_text()) or {})
+            except (OSError, ValueError, yaml.YAMLError, FPTError):
+                continue  # a run it cannot read is not one to copy
+            index.setdefault(_config_key(cfg), []).append((cfg.precision, result.parent))
+    found = []
+    for run in runs:
+        if run.config is None or run_state(run) != "todo":
+            continue
+        # `auto` takes a run of any precision: auto chose it on that run's host, as it would on this one's
+        source = next((path for precision, path in index.get(_config_key(run.config), [])
+                       if run.config.precision in ("auto", precision)
+                       and path.resolve() != run.run_dir.resolve()), None)
+        if source is None:
+            continue
+        if copy:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "metrics.jsonl"):
+                shutil.copyfile(source / name, run.run_dir / name)
+            result = {**json.loads((source / "result.json").read_text()), "copied_from": str(source)}
+            write_json_atomic(run.run_dir / "result.json", result)  # last: result.json makes the run done
+        found.append((run, source))
+    return found
 
 
 def run_state(run: PlannedRun) -> str:
