@@ -380,4 +380,4 @@ def test_reuse_copies_finished_runs_of_the_same_config_and_the_report_says_so(ti
             f"from finished runs with the same config in {first}.") in table
     assert main(["reproduce", str(again), "--budget", "smoke", "--out", str(tmp_path / "x"), "--reuse",
                  str(tmp_path / "nowhere")]) == 2
-    assert "no runs/ folder there" in capsys.readouterr().err
+    assert "no runs/ folder there" in capsys.readouterr().err and not (tmp_path / "x").exists()

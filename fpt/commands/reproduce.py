@@ -79,6 +79,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise FPTError("--seeds must be at least 1")
     if args.seeds_at_chosen_rate and (len(_lrs(args.lr_sweep) or []) < 2 or args.seeds < 2):
         raise FPTError("--seeds-at-chosen-rate needs --lr-sweep with two rates or more and --seeds 2 or more")
+    reuse = [Path(d) for d in _names(args.reuse) or []]
+    for folder in reuse:  # before anything is written
+        if not (folder / "runs").is_dir():
+            raise FPTError(f"--reuse {folder}: no runs/ folder there; give the --out folder of another sweep")
     sweep = None  # fpt.paper.ray_sweep, with --ray
     if args.ray is not None and not args.dry_run:
         from fpt.paper import ray_sweep as sweep
@@ -98,7 +102,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
         if r.config is None:
             print(f"  skip {r.row.name} / {r.task} / seed {r.seed}{f' / lr {r.lr:g}' if args.lr_sweep else ''}: "
                   f"{r.skip_reason}")
-    reuse = [Path(d) for d in _names(args.reuse) or []]
     if args.dry_run:
         copies = set()
         for r, source in reuse_finished(planned, reuse, copy=False):
