@@ -5,8 +5,8 @@ processes on the same machine:
 - eager: the attention as before issue 40 (`fastops.eager_math_for_short_attention()`: the eager math where a C
   attention kernel would run; at 1024 tokens with dropout that was the only path before long attention);
 - long-attention: today's default.
-Each lands in OUT/runs/<variant>/cifar10-lra/lr0.001-seed0 as an ordinary run (result.json's wall_time_s), so
-`fpt report OUT` tabulates both, and the last line compares them. Figures from different hosts are never
+Each lands in OUT/runs/<variant>/cifar10-lra/lr0.001-seed0 as an ordinary run (result.json's wall_time_s);
+OUT/summary.md tabulates the two and compares their wall times. Figures from different hosts are never
 compared: run both here.
 
     python tools/lra_wall.py                       # results/lra-wall-cpu: about 1-2 h on a 2-core Zen 4
@@ -70,14 +70,23 @@ def main() -> None:
             cmd += ["--steps", str(args.steps)]
         print(f"{variant}: training ({' '.join(cmd[1:])})", file=sys.stderr)
         subprocess.run(cmd, check=True)
+    lines = ["| attention | steps | test accuracy | validation | wall time | host | bf16 matmul |",
+             "|---|---:|---:|---:|---:|---|---:|"]
     walls = {}
     for variant in VARIANTS:
         (result,) = (out / "runs" / variant / "cifar10-lra").glob("*/result.json")
         res = json.loads(result.read_text())
         walls[variant] = res["wall_time_s"]
-        print(f"{variant}: {res['steps']} steps, test {100 * res['test_accuracy']:.1f}%, "
-              f"wall {res['wall_time_s'] / 60:.1f} min (host: {res.get('host', {}).get('cpu', '?')})")
-    print(f"long attention: {walls['eager'] / walls['long-attention']:.2f}x less wall time for the same run")
+        host = res.get("host") or {}
+        rate = (res.get("precision_auto") or {}).get("bf16_gflops")
+        lines.append(f"| {variant} | {res['steps']} | {100 * res['test_accuracy']:.1f}% | "
+                     f"{100 * res['val_accuracy']:.1f}% | {res['wall_time_s'] / 60:.1f} min | {host.get('cpu', '?')}"
+                     f"{'' if host.get('native_bf16') else ' (no native bf16)'} | "
+                     f"{f'{rate:.0f} GFLOP/s' if rate else '-'} |")
+    lines += ["", f"Long attention: {walls['eager'] / walls['long-attention']:.2f}x less wall time for the same run "
+                  f"(`python tools/lra_wall.py --out {out}`; both variants back to back on one host)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
