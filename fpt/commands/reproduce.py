@@ -71,18 +71,15 @@ def _finished_line(run) -> str:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from fpt.core.errors import FPTError
-    from fpt.paper.reproduce import (at_chosen_rate, estimate, execute, find_matrix, load_matrix, plan,
-                                     reuse_finished, run_state)
+    from fpt.paper.reproduce import (at_chosen_rate, estimate, execute, find_matrix, finished_configs, load_matrix,
+                                     plan, reuse_finished, run_state)
     from fpt.core.files import hold_folder, write_json_atomic
 
     if args.seeds < 1:
         raise FPTError("--seeds must be at least 1")
     if args.seeds_at_chosen_rate and (len(_lrs(args.lr_sweep) or []) < 2 or args.seeds < 2):
         raise FPTError("--seeds-at-chosen-rate needs --lr-sweep with two rates or more and --seeds 2 or more")
-    reuse = [Path(d) for d in _names(args.reuse) or []]
-    for folder in reuse:  # before anything is written
-        if not (folder / "runs").is_dir():
-            raise FPTError(f"--reuse {folder}: no runs/ folder there; give the --out folder of another sweep")
+    reuse = finished_configs([Path(d) for d in _names(args.reuse) or []])  # read once; before anything is written
     sweep = None  # fpt.paper.ray_sweep, with --ray
     if args.ray is not None and not args.dry_run:
         from fpt.paper import ray_sweep as sweep
@@ -98,10 +95,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
     print(f"{matrix.name}: {len(matrix.rows)} rows x {len(matrix.tasks)} tasks x {args.seeds} seed(s)"
           f"{' x ' + str(len(_lrs(args.lr_sweep))) + ' lrs' if args.lr_sweep else ''}: {len(planned)} runs "
           f"planned, {len(runs) - len(planned)} skipped (budget {args.budget}) -> {out}")
-    for r in runs:
-        if r.config is None:
-            print(f"  skip {r.row.name} / {r.task} / seed {r.seed}{f' / lr {r.lr:g}' if args.lr_sweep else ''}: "
-                  f"{r.skip_reason}")
+    def print_skipped(these):
+        for r in these:
+            if r.config is None:
+                print(f"  skip {r.row.name} / {r.task} / seed {r.seed}{f' / lr {r.lr:g}' if args.lr_sweep else ''}: "
+                      f"{r.skip_reason}")
+
+    print_skipped(runs)
     if args.dry_run:
         copies = set()
         for r, source in reuse_finished(planned, reuse, copy=False):
@@ -155,9 +155,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         if args.seeds_at_chosen_rate:  # two rounds: seed 0 at every rate, then the other seeds at the one it chose
             run_all([r for r in runs if r.seed == 0])
             later = [r for r in at_chosen_rate(full_plan) if r.seed > 0]
-            for r in later:
-                if r.config is None:
-                    print(f"  skip {r.row.name} / {r.task} / seed {r.seed} / lr {r.lr:g}: {r.skip_reason}")
+            print_skipped(later)
             run_all(later)
         else:
             run_all(runs)

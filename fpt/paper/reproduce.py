@@ -222,15 +222,9 @@ def _config_key(cfg: TrainConfig) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def reuse_finished(runs: list[PlannedRun], sources: list[Path], *, copy: bool = True) -> list[tuple[PlannedRun, Path]]:
-    """`--reuse`: each planned run not started yet whose config a finished run in one of `sources` (other
-    sweeps' --out folders) already has, paired with that run: every key but run_dir the same, and the
-    precision too unless the plan says `auto` (which takes what auto chose on that run's host). With `copy`,
-    its record (config.yaml, metrics.jsonl, result.json with `copied_from`) is copied in, so the run counts as
-    done. A matrix whose rows repeat another's (pretraining's Pretrained and Random init are table1's FPT and
-    Random init) then shows them beside its own rows without training them again."""
-    from fpt.core.files import write_json_atomic
-
+def finished_configs(sources: list[Path]) -> dict[str, list[tuple[str, Path]]]:
+    """`--reuse`'s index, read once: the finished runs of other sweeps' --out folders by config key, each with
+    the precision it ran in. A folder without runs/ is refused (before a sweep writes anything)."""
     index: dict[str, list[tuple[str, Path]]] = {}
     for source in sources:
         if not (source / "runs").is_dir():
@@ -243,6 +237,19 @@ def reuse_finished(runs: list[PlannedRun], sources: list[Path], *, copy: bool = 
             except (OSError, ValueError, yaml.YAMLError, FPTError):
                 continue  # a run it cannot read is not one to copy
             index.setdefault(_config_key(cfg), []).append((cfg.precision, result.parent))
+    return index
+
+
+def reuse_finished(runs: list[PlannedRun], index: dict[str, list[tuple[str, Path]]], *,
+                   copy: bool = True) -> list[tuple[PlannedRun, Path]]:
+    """`--reuse`: each planned run not started yet whose config a finished run in `index` (`finished_configs`)
+    already has, paired with that run: every key but run_dir the same, and the precision too unless the plan
+    says `auto` (which takes what auto chose on that run's host). With `copy`, its record (config.yaml,
+    metrics.jsonl, result.json with `copied_from`) is copied in, so the run counts as done. A matrix whose
+    rows repeat another's (pretraining's Pretrained and Random init are table1's FPT and Random init) then
+    shows them beside its own rows without training them again."""
+    from fpt.core.files import write_json_atomic
+
     found = []
     for run in runs:
         if run.config is None or run_state(run) != "todo":
